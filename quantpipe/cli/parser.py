@@ -1,0 +1,83 @@
+"""The argument parser: one subcommand per stage, plus listings and `run`."""
+
+from __future__ import annotations
+
+import argparse
+
+from quantpipe import __version__
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="run name: artifacts go to RUNS_DIR/RUN (default: model name)")
+    p.add_argument("--runs-dir", default="runs", help="parent of run directories (default: runs)")
+    p.add_argument("--run-dir", help="explicit run directory (overrides --run/--runs-dir)")
+    p.add_argument("--force", action="store_true", help="rerun even if up to date")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
+
+
+def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required,
+                   help="registry name (see `quantpipe models`) or path/to/file.py:factory")
+    p.add_argument("--weights", help="checkpoint file (torch.save of a state dict)")
+    p.add_argument("--input-shape", help="C,H,W for user models without an input_shape")  # fmt: skip
+
+
+def _add_data_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", required=required,
+                   help="NAME[:PATH] (see `quantpipe datasets`) or a path")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the data splits (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantpipe",
+        description="Take a trained PyTorch model to compressed, measured ONNX/TensorRT engines.",
+    )
+    parser.add_argument("--version", action="version", version=f"quantpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("models", help="list the model registry")
+    sub.add_parser("datasets", help="list the data set kinds")
+    sub.add_parser("backends", help="list runners and whether they work here")
+    _train_parser(sub)
+    _export_parser(sub)
+    _eval_parser(sub)
+    run = sub.add_parser("run", help="run the stages of a config file (default: the demo)")
+    run.add_argument("--config", help="TOML config (default: the built-in demo)")
+    run.add_argument("--force", action="store_true", help="rerun every stage")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--runs-dir", default="runs", help="parent of run directories")
+    return parser
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a built-in small model (fmnist-cnn, digits-mlp)")
+    _add_model_options(p)
+    _add_data_options(p, required=True)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=6e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    _add_run_options(p)
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export to model.fp32.onnx with a parity check")
+    _add_model_options(p)
+    _add_data_options(p, required=False)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 to 21 (default 17)")
+    p.add_argument("--parity-count", type=int, default=1000, help="samples for the parity check")
+    _add_run_options(p)
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy of an ONNX model or the PyTorch model on a split")
+    p.add_argument("--onnx", help="ONNX file (default: the run's model.fp32.onnx)")
+    _add_model_options(p, required=False)
+    _add_data_options(p, required=True)
+    p.add_argument("--backend", default="onnxruntime-cpu",
+                   help="onnxruntime-cpu (default), onnxruntime-cuda, torch-cpu, torch-cuda")  # fmt: skip
+    p.add_argument("--split", default="test", help="train, calib, val, test or all (default test)")
+    p.add_argument("--count", type=int, help="only the first N samples of the split")
+    p.add_argument("--batch-size", type=int, default=256)
+    _add_run_options(p)

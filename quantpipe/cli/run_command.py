@@ -1,0 +1,44 @@
+"""`quantpipe run`: every stage of a config in one run directory, then a summary table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from quantpipe.cli.commands import report
+from quantpipe.cli.run_config import RunConfig, load_run_config
+from quantpipe.cli.summary import print_summary
+from quantpipe.pipeline.rundir import RunDir
+from quantpipe.pipeline.stage import StageOutcome
+from quantpipe.stages.common import FP32_ONNX, DataRef, ModelRef
+from quantpipe.stages.evaluate import EvalConfig, run_eval
+from quantpipe.stages.export import run_export
+from quantpipe.stages.train import run_train
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_run_config(args.config)
+    with RunDir.open(Path(args.runs_dir) / cfg.name) as run:
+        outcomes = run_stages(run, cfg, args.force, not args.quiet)
+        print_summary(run, cfg, outcomes)
+    return 0
+
+
+def run_stages(run: RunDir, cfg: RunConfig, force: bool, progress: bool) -> list[StageOutcome]:
+    model, data = ModelRef(cfg.model, cfg.weights), DataRef(cfg.data, cfg.seed)
+    outcomes: list[StageOutcome] = []
+
+    def done(outcome: StageOutcome) -> None:
+        report(run, outcome)
+        outcomes.append(outcome)
+
+    if "train" in cfg.stages:
+        done(run_train(run, model, data, cfg.train, force, progress))
+    if "export" in cfg.stages:
+        done(run_export(run, model, data, cfg.export, force))
+    if "eval" in cfg.stages:
+        for backend in cfg.eval.backends:
+            ecfg = EvalConfig(backend, cfg.eval.split, cfg.eval.count)
+            onnx_path = None if backend.startswith("torch") else run.artifact(FP32_ONNX)
+            done(run_eval(run, onnx_path, model, data, ecfg, force, progress))
+    return outcomes

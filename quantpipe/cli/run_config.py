@@ -1,0 +1,100 @@
+"""`quantpipe run` configs: a TOML file → validated, frozen stage configs."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from quantpipe.errors import QuantpipeError
+from quantpipe.stages.evaluate import BACKENDS
+from quantpipe.stages.export import ExportConfig
+from quantpipe.stages.training import TrainConfig
+
+STAGES = ("train", "export", "eval")
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    split: str = "test"
+    backends: tuple[str, ...] = ("onnxruntime-cpu",)
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        for b in self.backends:
+            if b not in BACKENDS:
+                raise QuantpipeError(f"[eval] backends: unknown {b!r}; use {', '.join(BACKENDS)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    model: str
+    data: str
+    stages: tuple[str, ...]
+    seed: int = 0
+    weights: str | None = None
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    eval: EvalPlan = EvalPlan()
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise QuantpipeError(f"[run] stages: unknown {unknown}; allowed: {', '.join(STAGES)}")
+
+
+def load_run_config(path: str | None) -> RunConfig:
+    """Read `path` (or the built-in demo config) into a validated RunConfig."""
+    text = (
+        resources.files("quantpipe.configs").joinpath("demo.toml").read_text()
+        if path is None
+        else _read(Path(path))
+    )
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise QuantpipeError(f"config {path}: not valid TOML ({e})") from None
+    return _build(doc, path or "built-in demo")
+
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise QuantpipeError(f"config file not found: {path}")
+    return path.read_text()
+
+
+def _build(doc: dict[str, Any], where: str) -> RunConfig:
+    _only(doc, {"run", "train", "export", "eval"}, where, "top level")
+    run = dict(doc.get("run", {}))
+    _only(run, {"name", "model", "data", "seed", "stages", "weights"}, where, "[run]")
+    for key in ("name", "model", "data", "stages"):
+        if key not in run:
+            raise QuantpipeError(f"config {where}: [run] needs {key!r}")
+    run["stages"] = tuple(run["stages"])
+    return RunConfig(
+        **run,
+        train=_section(TrainConfig, doc.get("train", {}), where, "[train]"),
+        export=_section(ExportConfig, doc.get("export", {}), where, "[export]"),
+        eval=_section(EvalPlan, {k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in doc.get("eval", {}).items()}, where, "[eval]"),
+    )  # fmt: skip
+
+
+def _section(cls: type, values: dict[str, Any], where: str, name: str) -> Any:
+    _only(values, {f.name for f in fields(cls)}, where, name)
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise QuantpipeError(f"config {where}: {name}: {e}") from None
+
+
+def _only(values: dict[str, Any], allowed: set[str], where: str, section: str) -> None:
+    extra = sorted(set(values) - allowed)
+    if extra:
+        raise QuantpipeError(
+            f"config {where}: {section} has unknown key(s) {', '.join(extra)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )

@@ -1,0 +1,1 @@
+"""Data set registry, deterministic splits and preprocessing."""

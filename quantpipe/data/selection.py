@@ -1,0 +1,83 @@
+"""A split of a data set, preprocessed for one model, served in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from quantpipe.data.preprocess import to_model_input
+from quantpipe.data.registry import Dataset
+from quantpipe.data.sources import Source
+from quantpipe.data.splits import split_indices
+from quantpipe.errors import DataError
+from quantpipe.models.spec import Preprocessing
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The samples of one split (optionally its first `count`), for one model's inputs."""
+
+    dataset: Dataset
+    split: str
+    seed: int
+    pool: str
+    indices: np.ndarray
+    preprocessing: Preprocessing
+
+    @property
+    def source(self) -> Source:
+        return self.dataset.pools[self.pool]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        labels = self.source.labels
+        return None if labels is None else labels[self.indices]
+
+    def provenance(self) -> dict[str, Any]:
+        """What identifies these samples: part of every cache key and manifest entry."""
+        return {
+            **self.dataset.provenance(),
+            "split": self.split,
+            "pool": self.pool,
+            "count": len(self),
+            "seed": self.seed,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Yield (inputs N×C×H×W float32, labels or None) in split order."""
+        labels = self.source.labels
+        for start in range(0, len(self.indices), batch_size):
+            idx = self.indices[start : start + batch_size]
+            x = to_model_input(self.source.read(idx), self.source, self.preprocessing)
+            yield x, None if labels is None else labels[idx]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """All samples at once (for small selections, e.g. training sets of tiny models)."""
+        xs, ys = zip(*self.batches(1024), strict=True) if len(self) else ((), ())
+        x = np.concatenate(xs) if xs else np.empty((0, *self._shape()), np.float32)
+        y = None if self.source.labels is None or not ys else np.concatenate(ys)  # type: ignore[arg-type]
+        return x, y
+
+    def _shape(self) -> tuple[int, ...]:
+        return (self.preprocessing.channels, *self.preprocessing.size)
+
+
+def select(
+    dataset: Dataset, split: str, preprocessing: Preprocessing, seed: int = 0, count: int | None = None
+) -> Selection:
+    """Pick a named split (first `count` samples of it, if given) for a model's preprocessing."""
+    pool, indices = split_indices(dataset.pools, split, seed)
+    if count is not None:
+        if count < 1:
+            raise DataError(f"sample count must be at least 1, got {count}")
+        indices = indices[:count]
+    if len(indices) == 0:
+        raise DataError(f"split {split!r} of {dataset.kind} is empty ({dataset.path})")
+    return Selection(dataset, split, seed, pool, indices, preprocessing)

@@ -1,0 +1,1 @@
+"""Runners with one contract: ONNX Runtime, PyTorch (and TensorRT on GPU hosts)."""

@@ -1,0 +1,48 @@
+"""The runner contract (after Polygraphy's loader/runner split).
+
+Every backend (ONNX Runtime, TensorRT, PyTorch) is used the same way, so accuracy and
+latency are measured through one code path:
+
+    with runner:                      # activate() ... deactivate()
+        outputs = runner.infer({"input": batch})
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Runner(Protocol):
+    name: str
+
+    def activate(self) -> None: ...
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def deactivate(self) -> None: ...
+
+    @property
+    def input_names(self) -> list[str]: ...
+
+
+class RunnerContext:
+    """Mixin giving a runner `with` support in terms of activate/deactivate."""
+
+    def activate(self) -> None:
+        raise NotImplementedError
+
+    def deactivate(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> RunnerContext:
+        self.activate()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.deactivate()

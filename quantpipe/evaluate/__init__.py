@@ -1,0 +1,1 @@
+"""Accuracy metrics and the evaluation loop shared by every runner."""

@@ -1,0 +1,1 @@
+"""PyTorch → ONNX export, metadata and the parity check."""

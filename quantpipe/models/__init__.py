@@ -1,0 +1,1 @@
+"""Model registry: built-in CIFAR ResNets, torchvision models, small trained models, user files."""

@@ -1,0 +1,105 @@
+"""The model registry: names → ModelSpec, plus user models given as `file.py:factory`."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from quantpipe.errors import ModelError
+from quantpipe.models import torchvision_models as tv
+from quantpipe.models.checkpoint import load_weights
+from quantpipe.models.cifar_resnet import cifar_resnet
+from quantpipe.models.small import DigitsMLP, FmnistCNN
+from quantpipe.models.spec import (
+    CIFAR_PREPROCESSING,
+    IMAGENET_PREPROCESSING,
+    ModelSpec,
+    Preprocessing,
+)
+from quantpipe.models.user_model import is_user_model_ref, user_model_spec
+
+FMNIST_PREPROCESSING = Preprocessing(channels=1, size=(28, 28), mean=(0.2860,), std=(0.3530,))
+# sklearn's digits are 8×8 with values 0..16; scaled to [0, 1] by the loader.
+DIGITS_PREPROCESSING = Preprocessing(channels=1, size=(8, 8), mean=(0.3,), std=(0.4,))
+
+
+def _seg_preprocessing(h: int, w: int) -> Preprocessing:
+    return Preprocessing(3, (h, w), IMAGENET_PREPROCESSING.mean, IMAGENET_PREPROCESSING.std)
+
+
+def _builtin_specs() -> dict[str, ModelSpec]:
+    specs = [
+        *(
+            ModelSpec(
+                f"cifar10-resnet{d}", partial(cifar_resnet, d), CIFAR_PREPROCESSING,
+                "classification", 10, "required", f"CIFAR-10 ResNet-{d} (option-A shortcut)",
+            )
+            for d in (20, 32, 44, 56)
+        ),
+        *(
+            ModelSpec(
+                name, tv.classifier_builder(name), IMAGENET_PREPROCESSING, "classification",
+                1000, "optional", f"torchvision {name} (ImageNet classifier)",
+            )
+            for name in tv.CLASSIFIERS
+        ),
+        ModelSpec("fcn_resnet50", tv.fcn_resnet50, _seg_preprocessing(520, 520), "segmentation",
+                  21, "optional", "torchvision FCN, ResNet-50 backbone, 21 classes"),
+        ModelSpec("lraspp_mobilenet_v3_large", tv.lraspp_mobilenet_v3_large,
+                  _seg_preprocessing(520, 520), "segmentation", 21, "optional",
+                  "torchvision LR-ASPP, MobileNetV3-Large backbone, 21 classes"),
+        ModelSpec("fcn-resnet18-19", tv.fcn_resnet18, _seg_preprocessing(512, 1024),
+                  "segmentation", 19, "optional", "FCN, ResNet-18 backbone, 19 classes"),
+        ModelSpec("fmnist-cnn", FmnistCNN, FMNIST_PREPROCESSING, "classification", 10,
+                  "trained", "small residual CNN for Fashion-MNIST"),
+        ModelSpec("digits-mlp", DigitsMLP, DIGITS_PREPROCESSING, "classification", 10,
+                  "trained", "MLP for scikit-learn's digits (8×8)"),
+    ]  # fmt: skip
+    return {s.name: s for s in specs}
+
+
+MODELS: dict[str, ModelSpec] = _builtin_specs()
+
+
+def get_model_spec(name: str, input_shape: tuple[int, ...] | None = None) -> ModelSpec:
+    """Resolve a registry name or `file.py:factory`; unknown names suggest close ones."""
+    if is_user_model_ref(name):
+        return user_model_spec(name, input_shape)
+    if name in MODELS:
+        return MODELS[name]
+    close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `quantpipe models` for the list"
+    raise ModelError(f"unknown model {name!r}: {hint} (or pass path/to/file.py:factory)")
+
+
+def build_model(spec: ModelSpec, weights: str | None) -> nn.Module:
+    """Build `spec` in eval mode, loading `weights` when given; required weights are enforced."""
+    if weights is None and spec.weights == "required":
+        raise ModelError(f"model {spec.name} needs trained weights: pass --weights FILE")
+    model = spec.build()
+    if weights is not None:
+        load_weights(model, weights, spec.name)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    input_shape: tuple[int, ...]
+    parameters: int
+    task: str
+    weights: str
+    description: str
+
+
+def summarize(spec: ModelSpec) -> ModelSummary:
+    # Built on the meta device: counting parameters of resnet50/FCN costs no memory or time.
+    with torch.device("meta"):
+        params = sum(p.numel() for p in spec.build().parameters())
+    return ModelSummary(
+        spec.name, spec.input_shape, params, spec.task, spec.describe_weights(), spec.description
+    )

@@ -1,0 +1,1 @@
+"""Run directories, manifests, locking, atomic writes and the stage runner."""

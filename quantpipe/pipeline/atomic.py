@@ -1,0 +1,75 @@
+"""Atomic file writes: a crash or Ctrl-C never leaves a half-written artifact.
+
+The new content goes to a temporary file in the destination's own directory (so the
+final rename stays on one file system and is atomic), is fsynced, then renamed over
+the destination. Until the rename, an earlier good file under the final name is
+untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to `dest`; rename it onto `dest` on success.
+
+    The caller writes the file at the yielded path by any means (a library that
+    wants a file name, e.g. `onnx.save`). On any exception, KeyboardInterrupt
+    included, the temporary file is removed and `dest` is left as it was.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `dest` atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `dest` atomically."""
+    atomic_write_bytes(dest, text.encode("utf-8"))
+
+
+def atomic_write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+    """Write `obj` as indented JSON to `dest` atomically."""
+    atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # A directory fsync makes the rename itself durable; not every platform allows it.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

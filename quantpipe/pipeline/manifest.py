@@ -1,0 +1,90 @@
+"""`manifest.json`: what each stage read, with which parameters, and what it wrote.
+
+Paths inside the run directory are stored relative to it, so a run directory can be
+moved or archived whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantpipe.errors import CorruptArtifactError
+from quantpipe.pipeline.atomic import atomic_write_json
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    sha256: str
+    bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    name: str
+    inputs: list[FileRecord]
+    params: dict[str, Any]
+    outputs: list[FileRecord]
+    results: dict[str, Any]
+    wall_s: float
+    versions: dict[str, str]
+    finished_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> StageRecord:
+        return StageRecord(
+            name=d["name"],
+            inputs=[FileRecord(**f) for f in d["inputs"]],
+            params=d["params"],
+            outputs=[FileRecord(**f) for f in d["outputs"]],
+            results=d.get("results", {}),
+            wall_s=float(d["wall_s"]),
+            versions=d.get("versions", {}),
+            finished_at=d.get("finished_at", ""),
+        )
+
+
+@dataclass
+class Manifest:
+    run_dir: Path
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / MANIFEST_NAME
+
+    @staticmethod
+    def load(run_dir: Path) -> Manifest:
+        path = run_dir / MANIFEST_NAME
+        if not path.exists():
+            return Manifest(run_dir)
+        try:
+            data = json.loads(path.read_text())
+            stages = {k: StageRecord.from_dict(v) for k, v in data["stages"].items()}
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptArtifactError(
+                f"{path} is not a valid quantpipe manifest ({e}); move it away to start the "
+                "run afresh"
+            ) from None
+        return Manifest(run_dir, stages)
+
+    def record(self, stage: StageRecord) -> None:
+        """Store a finished stage and rewrite the manifest atomically."""
+        self.stages[stage.name] = stage
+        atomic_write_json(
+            self.path,
+            {
+                "format": FORMAT_VERSION,
+                "run": self.run_dir.name,
+                "stages": {k: v.to_dict() for k, v in self.stages.items()},
+            },
+        )

@@ -1,0 +1,1 @@
+"""Pipeline stages: each reads artifacts of a run directory and writes new ones."""
