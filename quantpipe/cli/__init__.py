@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         # Stages only rename finished outputs into place, so nothing partial is left.
-        print(f"quantpipe {args.command}: interrupted; no partial artifact was kept", file=sys.stderr)
+        print(
+            f"quantpipe {args.command}: interrupted; no partial artifact was kept", file=sys.stderr
+        )
         return EXIT_INTERRUPTED
 
 

@@ -26,21 +26,31 @@ def cmd_models(_: argparse.Namespace) -> int:
         shape = "×".join(map(str, s.input_shape))
         rows.append((s.name, shape, f"{s.parameters:,}", s.task, s.weights))
     print(format_table(("model", "input", "parameters", "task", "weights"), rows))
-    print("\nAny other model: --model path/to/file.py:factory [--input-shape C,H,W] [--weights FILE]")
+    print(
+        "\nAny other model: --model path/to/file.py:factory [--input-shape C,H,W] [--weights FILE]"
+    )
     return 0
 
 
 def cmd_datasets(_: argparse.Namespace) -> int:
-    rows = [(k.name, k.description, str(k.default_path or ("(path required)" if k.needs_path else "built-in")))
-            for k in DATASETS.values()]  # fmt: skip
+    rows = [
+        (
+            k.name,
+            k.description,
+            str(k.default_path or ("(path required)" if k.needs_path else "built-in")),
+        )
+        for k in DATASETS.values()
+    ]
     print(format_table(("data set", "what", "default path"), rows))
     print("\nUse --data NAME[:PATH]. Splits: train, calib, val, test, all (see README).")
     return 0
 
 
 def cmd_backends(_: argparse.Namespace) -> int:
-    rows = [(b.name, "yes" if b.available else "no", b.description if b.available else b.reason)
-            for b in list_backends()]  # fmt: skip
+    rows = [
+        (b.name, "yes" if b.available else "no", b.description if b.available else b.reason)
+        for b in list_backends()
+    ]
     print(format_table(("backend", "available", "details"), rows))
     return 0
 
@@ -78,8 +88,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     hint = args.model or (Path(args.onnx).name.split(".")[0] if args.onnx else "run")
     with open_run(args, hint) as run:
         onnx_path = Path(args.onnx) if args.onnx else run.artifact(FP32_ONNX)
-        outcome = run_eval(run, onnx_path, model, DataRef(args.data, args.seed), cfg, args.force,
-                           not args.quiet)  # fmt: skip
+        outcome = run_eval(
+            run, onnx_path, model, DataRef(args.data, args.seed), cfg, args.force, not args.quiet
+        )
         report(run, outcome)
     return 0
 
@@ -87,7 +98,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def report(run: RunDir, outcome: StageOutcome) -> None:
     """One line per stage: ran or skipped, where its outputs are, its headline figure."""
     rec = outcome.record
-    state = "up to date, skipped (--force reruns it)" if outcome.skipped else f"done in {rec.wall_s:.1f} s"
+    state = (
+        "up to date, skipped (--force reruns it)"
+        if outcome.skipped
+        else f"done in {rec.wall_s:.1f} s"
+    )
     print(f"{rec.name}: {state}")
     for out in rec.outputs:
         print(f"  wrote {run.path / out.path} ({out.bytes:,} bytes)")
@@ -99,8 +114,10 @@ def result_lines(results: dict) -> list[str]:
     lines = []
     if "parity" in results:
         p = results["parity"]
-        lines.append(f"parity vs PyTorch: max |Δlogit| {p['max_abs_diff']:.2e}, top-1 agreement "
-                     f"{p['top1_agreement']:.2f} % on {p['data']}")  # fmt: skip
+        lines.append(
+            f"parity vs PyTorch: max |Δlogit| {p['max_abs_diff']:.2e}, top-1 agreement "
+            f"{p['top1_agreement']:.2f} % on {p['data']}"
+        )
     if "val" in results:
         lines.append(f"validation: {headline(results['val'])}")
     if "data" in results and ("top1" in results or "miou" in results or "agreement" in results):

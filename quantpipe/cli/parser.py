@@ -17,15 +17,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required,
-                   help="registry name (see `quantpipe models`) or path/to/file.py:factory")
+    p.add_argument(
+        "--model",
+        required=required,
+        help="registry name (see `quantpipe models`) or path/to/file.py:factory",
+    )
     p.add_argument("--weights", help="checkpoint file (torch.save of a state dict)")
-    p.add_argument("--input-shape", help="C,H,W for user models without an input_shape")  # fmt: skip
+    p.add_argument("--input-shape", help="C,H,W for user models without an input_shape")
 
 
 def _add_data_options(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required,
-                   help="NAME[:PATH] (see `quantpipe datasets`) or a path")  # fmt: skip
+    p.add_argument(
+        "--data", required=required, help="NAME[:PATH] (see `quantpipe datasets`) or a path"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the data splits (default 0)")
 
 
@@ -75,8 +79,11 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", help="ONNX file (default: the run's model.fp32.onnx)")
     _add_model_options(p, required=False)
     _add_data_options(p, required=True)
-    p.add_argument("--backend", default="onnxruntime-cpu",
-                   help="onnxruntime-cpu (default), onnxruntime-cuda, torch-cpu, torch-cuda")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        default="onnxruntime-cpu",
+        help="onnxruntime-cpu (default), onnxruntime-cuda, torch-cpu, torch-cuda",
+    )
     p.add_argument("--split", default="test", help="train, calib, val, test or all (default test)")
     p.add_argument("--count", type=int, help="only the first N samples of the split")
     p.add_argument("--batch-size", type=int, default=256)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,9 @@ class RunConfig:
     stages: tuple[str, ...]
     seed: int = 0
     weights: str | None = None
-    train: TrainConfig = TrainConfig()
-    export: ExportConfig = ExportConfig()
-    eval: EvalPlan = EvalPlan()
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalPlan = field(default_factory=EvalPlan)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -78,9 +78,13 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
         **run,
         train=_section(TrainConfig, doc.get("train", {}), where, "[train]"),
         export=_section(ExportConfig, doc.get("export", {}), where, "[export]"),
-        eval=_section(EvalPlan, {k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in doc.get("eval", {}).items()}, where, "[eval]"),
-    )  # fmt: skip
+        eval=_section(
+            EvalPlan,
+            {k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("eval", {}).items()},
+            where,
+            "[eval]",
+        ),
+    )
 
 
 def _section(cls: type, values: dict[str, Any], where: str, name: str) -> Any:

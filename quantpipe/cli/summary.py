@@ -18,10 +18,14 @@ def print_summary(run: RunDir, cfg: RunConfig, outcomes: list[StageOutcome]) -> 
         if not r.name.startswith("eval."):
             continue
         artifact, backend = r.name.removeprefix("eval.").split(".", 1)
-        rows.append((artifact, backend, _accuracy(r.results), _size(run, artifact), f"{r.wall_s:.1f}"))
+        rows.append(
+            (artifact, backend, _accuracy(r.results), _size(run, artifact), f"{r.wall_s:.1f}")
+        )
     print(f"\nSummary of run {run.path} (model {cfg.model}):")
     print(format_table(("artifact", "backend", "accuracy", "size", "eval s"), rows))
-    data = next((o.record.results.get("data") for o in outcomes if "data" in o.record.results), None)
+    data = next(
+        (o.record.results.get("data") for o in outcomes if "data" in o.record.results), None
+    )
     if data:
         print(f"Accuracy measured on {data}.")
 

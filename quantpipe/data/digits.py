@@ -13,4 +13,6 @@ def load_digits_pools() -> dict[str, Source]:
     digits = load_digits()
     images = np.asarray(digits.images, dtype=np.float32)
     labels = np.asarray(digits.target, dtype=np.int64)
-    return {"all": array_source(images, labels, max_value=16.0, class_names=[str(i) for i in range(10)])}
+    return {
+        "all": array_source(images, labels, max_value=16.0, class_names=[str(i) for i in range(10)])
+    }

@@ -11,8 +11,18 @@ from quantpipe.data.sources import Source, array_source
 from quantpipe.errors import DataError
 
 DEFAULT_PATH = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _FILES = {"train": "train", "test": "t10k"}
 # idx magic: two zero bytes, a type code (0x08 = unsigned byte), and the number of axes.
 _UBYTE = 0x08
@@ -30,8 +40,10 @@ def load_fashion_mnist(root: Path) -> dict[str, Source]:
         images = read_idx(_find(root, f"{stem}-images-idx3-ubyte"))
         labels = read_idx(_find(root, f"{stem}-labels-idx1-ubyte")).astype(np.int64)
         if images.ndim != 3 or len(images) != len(labels):
-            raise DataError(f"Fashion-MNIST {pool} files in {root} disagree: "
-                            f"{images.shape} images, {labels.shape} labels")  # fmt: skip
+            raise DataError(
+                f"Fashion-MNIST {pool} files in {root} disagree: "
+                f"{images.shape} images, {labels.shape} labels"
+            )
         pools[pool] = array_source(images, labels, class_names=CLASSES)
     return pools
 

@@ -37,7 +37,8 @@ def load_image_folder(path: Path) -> dict[str, Source]:
 
 def _load_tar(path: Path) -> dict[str, Source]:
     try:
-        tar = tarfile.open(path)
+        # Kept open for the life of the source: images are read from it on demand.
+        tar = tarfile.open(path)  # noqa: SIM115
         members = {m.name: m for m in tar.getmembers() if m.isfile() and _is_image(m.name)}
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"cannot read tar {path}: {e}") from None

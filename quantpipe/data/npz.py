@@ -24,8 +24,10 @@ def load_npz(path: Path) -> dict[str, Source]:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except ValueError as e:
-        raise DataError(f"{path} holds pickled objects, which are refused ({e}); "
-                        "save plain numeric arrays with np.savez") from None  # fmt: skip
+        raise DataError(
+            f"{path} holds pickled objects, which are refused ({e}); "
+            "save plain numeric arrays with np.savez"
+        ) from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path} is not a readable .npz file ({e})") from None
     if "x" not in arrays:

@@ -10,7 +10,9 @@ from quantpipe.errors import DataError
 from quantpipe.models.spec import Preprocessing
 
 
-def to_model_input(raw: np.ndarray | list[np.ndarray], source: Source, pre: Preprocessing) -> np.ndarray:
+def to_model_input(
+    raw: np.ndarray | list[np.ndarray], source: Source, pre: Preprocessing
+) -> np.ndarray:
     """Preprocess a batch of raw samples from `source` for a model with `pre`."""
     if source.kind == "tensor":
         return _check_tensor_batch(np.asarray(raw), pre)
@@ -47,10 +49,17 @@ def _match_channels(x: np.ndarray, channels: int) -> np.ndarray:
 def _resize_crop(image: np.ndarray, max_value: float, pre: Preprocessing) -> np.ndarray:
     """Resize the shorter side (to `pre.resize`, else to fit), then centre-crop to `pre.size`."""
     h, w = pre.size
-    pil = Image.fromarray(_to_uint8(image, max_value).squeeze(-1) if image.shape[-1] == 1 else _to_uint8(image, max_value))
+    pil = Image.fromarray(
+        _to_uint8(image, max_value).squeeze(-1)
+        if image.shape[-1] == 1
+        else _to_uint8(image, max_value)
+    )
     short = pre.resize or max(h, w)
     scale = short / min(pil.size)
-    pil = pil.resize((max(w, round(pil.size[0] * scale)), max(h, round(pil.size[1] * scale))), Image.BILINEAR)
+    pil = pil.resize(
+        (max(w, round(pil.size[0] * scale)), max(h, round(pil.size[1] * scale))),
+        Image.Resampling.BILINEAR,
+    )
     left, top = (pil.size[0] - w) // 2, (pil.size[1] - h) // 2
     out = np.asarray(pil.crop((left, top, left + w, top + h)))
     return _as_hwc(out).astype(np.float32) * np.float32(max_value / 255.0)

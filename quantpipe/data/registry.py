@@ -50,18 +50,36 @@ def _load_fmnist(path: Path | None) -> dict[str, Source]:
 DATASETS: dict[str, DatasetKind] = {
     k.name: k
     for k in (
-        DatasetKind("cifar10", "CIFAR-10: pickle batches dir, image-folder tree, or .tar of one",
-                    _load_cifar10),
-        DatasetKind("fashion-mnist", "Fashion-MNIST idx(.gz) files (train 60k + test 10k)",
-                    _load_fmnist, fashion_mnist.DEFAULT_PATH, needs_path=False),
-        DatasetKind("digits", "scikit-learn's bundled 8×8 digits (1,797 samples)",
-                    lambda _p: load_digits_pools(), needs_path=False),
-        DatasetKind("imagefolder", "any [pool/]class/image tree, or a .tar of one",
-                    lambda p: load_image_folder(_needs(p, "imagefolder"))),
-        DatasetKind("npz", ".npz with x (images or model tensors) and optional y",
-                    lambda p: load_npz(_needs(p, "npz"))),
+        DatasetKind(
+            "cifar10",
+            "CIFAR-10: pickle batches dir, image-folder tree, or .tar of one",
+            _load_cifar10,
+        ),
+        DatasetKind(
+            "fashion-mnist",
+            "Fashion-MNIST idx(.gz) files (train 60k + test 10k)",
+            _load_fmnist,
+            fashion_mnist.DEFAULT_PATH,
+            needs_path=False,
+        ),
+        DatasetKind(
+            "digits",
+            "scikit-learn's bundled 8×8 digits (1,797 samples)",
+            lambda _p: load_digits_pools(),
+            needs_path=False,
+        ),
+        DatasetKind(
+            "imagefolder",
+            "any [pool/]class/image tree, or a .tar of one",
+            lambda p: load_image_folder(_needs(p, "imagefolder")),
+        ),
+        DatasetKind(
+            "npz",
+            ".npz with x (images or model tensors) and optional y",
+            lambda p: load_npz(_needs(p, "npz")),
+        ),
     )
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)

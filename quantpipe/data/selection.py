@@ -62,7 +62,7 @@ class Selection:
         """All samples at once (for small selections, e.g. training sets of tiny models)."""
         xs, ys = zip(*self.batches(1024), strict=True) if len(self) else ((), ())
         x = np.concatenate(xs) if xs else np.empty((0, *self._shape()), np.float32)
-        y = None if self.source.labels is None or not ys else np.concatenate(ys)  # type: ignore[arg-type]
+        y = None if self.source.labels is None or not ys else np.concatenate(ys)
         return x, y
 
     def _shape(self) -> tuple[int, ...]:
@@ -70,7 +70,11 @@ class Selection:
 
 
 def select(
-    dataset: Dataset, split: str, preprocessing: Preprocessing, seed: int = 0, count: int | None = None
+    dataset: Dataset,
+    split: str,
+    preprocessing: Preprocessing,
+    seed: int = 0,
+    count: int | None = None,
 ) -> Selection:
     """Pick a named split (first `count` samples of it, if given) for a model's preprocessing."""
     pool, indices = split_indices(dataset.pools, split, seed)

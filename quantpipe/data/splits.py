@@ -53,8 +53,8 @@ def _single_pool_split(source: Source, split: str, seed: int) -> np.ndarray:
     if split == "all":
         return np.arange(len(source))
     order = stratified_order(source.labels, len(source), seed)
-    n_test = int(round(len(order) * _POOL_TEST))
-    n_val = int(round(len(order) * _POOL_VAL))
+    n_test = round(len(order) * _POOL_TEST)
+    n_val = round(len(order) * _POOL_VAL)
     parts = {
         "test": order[:n_test],
         "val": order[n_test : n_test + n_val],

@@ -10,7 +10,7 @@ latency are measured through one code path:
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class RunnerContext:
     def deactivate(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> RunnerContext:
+    def __enter__(self) -> Self:
         self.activate()
         return self
 

@@ -19,8 +19,14 @@ class Backend:
 
 def _ort_cuda() -> Backend:
     ok = "CUDAExecutionProvider" in ort.get_available_providers()
-    why = "" if ok else ("this onnxruntime build has no CUDAExecutionProvider "
-                         "(install quantpipe[gpu] on a CUDA host)")  # fmt: skip
+    why = (
+        ""
+        if ok
+        else (
+            "this onnxruntime build has no CUDAExecutionProvider "
+            "(install quantpipe[gpu] on a CUDA host)"
+        )
+    )
     return Backend("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider", ok, why)
 
 
@@ -33,12 +39,19 @@ def _tensorrt() -> Backend:
     try:
         trt = importlib.import_module("tensorrt")
     except ImportError as e:
-        return Backend("tensorrt", "TensorRT engine (.plan)", False,
-                       f"tensorrt is not installed ({e}); pip install quantpipe[tensorrt] "
-                       "on a GPU host")  # fmt: skip
+        return Backend(
+            "tensorrt",
+            "TensorRT engine (.plan)",
+            False,
+            f"tensorrt is not installed ({e}); pip install quantpipe[tensorrt] on a GPU host",
+        )
     if not torch.cuda.is_available():
-        return Backend("tensorrt", "TensorRT engine (.plan)", False,
-                       f"tensorrt {trt.__version__} is installed but no CUDA device is visible")  # fmt: skip
+        return Backend(
+            "tensorrt",
+            "TensorRT engine (.plan)",
+            False,
+            f"tensorrt {trt.__version__} is installed but no CUDA device is visible",
+        )
     return Backend("tensorrt", f"TensorRT {trt.__version__} engine (.plan)", True)
 
 

@@ -34,7 +34,13 @@ def evaluate(
             "(--reference FP32.onnx) to measure agreement instead"
         )
     metric = _metric(setup, has_labels)
-    bar = tqdm(total=len(data), desc=f"eval {runner.name}", unit="img", disable=not setup.progress, leave=False)
+    bar = tqdm(
+        total=len(data),
+        desc=f"eval {runner.name}",
+        unit="img",
+        disable=not setup.progress,
+        leave=False,
+    )
     for x, y in data.batches(setup.batch_size):
         logits = _first_output(runner, x)
         if has_labels:

@@ -17,7 +17,9 @@ class TopK:
 
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
         k = min(5, logits.shape[1])
-        topk = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k > 1 else logits.argmax(1)[:, None]
+        topk = (
+            np.argpartition(-logits, k - 1, axis=1)[:, :k] if k > 1 else logits.argmax(1)[:, None]
+        )
         self.top1 += int((logits.argmax(1) == labels).sum())
         self.top5 += int((topk == labels[:, None]).any(axis=1).sum())
         self.count += len(labels)

@@ -47,10 +47,16 @@ def export_onnx(model: nn.Module, spec: ModelSpec, options: ExportOptions) -> on
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(
-            model, (example,), buffer, dynamo=False, opset_version=options.opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+            model,
+            (example,),
+            buffer,  # type: ignore[arg-type]  # a BytesIO works; the stub says path only
+            dynamo=False,
+            opset_version=options.opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            do_constant_folding=True,
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )  # fmt: skip
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     if options.simplify:
         proto = onnxslim.slim(proto)
@@ -84,7 +90,9 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     except FileNotFoundError:
         raise QuantpipeError(f"ONNX model not found: {path}") from None
     except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
-        raise QuantpipeError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+        raise QuantpipeError(
+            f"{path} is not a readable ONNX model ({type(e).__name__}: {e})"
+        ) from None
 
 
 def read_metadata(proto: onnx.ModelProto) -> dict[str, str]:

@@ -31,7 +31,9 @@ class Parity:
         }
 
 
-def check_parity(reference: Runner, candidate: Runner, data: Selection, batch_size: int = 128) -> Parity:
+def check_parity(
+    reference: Runner, candidate: Runner, data: Selection, batch_size: int = 128
+) -> Parity:
     """Max |Δlogit| and arg-max agreement (per sample, or per pixel for segmentation)."""
     max_diff, ref_max, same, total = 0.0, 0.0, 0, 0
     for x, _ in data.batches(batch_size):

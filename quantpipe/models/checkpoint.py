@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +64,7 @@ def load_weights(model: nn.Module, weights: str, model_name: str) -> None:
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as e:
+    except Exception as e:  # torch.load raises many types (UnpicklingError, IndexError, ...)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(
             f"{path} is not a readable PyTorch checkpoint ({first_line[:160]}); pass a file "
@@ -83,12 +81,14 @@ def _mismatch_message(
 ) -> str:
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
     if wrong_shape:
-        parts.append(f"{len(wrong_shape)} of another shape (e.g. {', '.join(wrong_shape[:3])})")
+        parts.append(
+            f"{len(wrong_shape)} keys of another shape (e.g. {', '.join(wrong_shape[:3])})"
+        )
     return (
-        f"weights {path} do not fit model {name}: {'; '.join(parts)} keys; "
+        f"weights {path} do not fit model {name}: {'; '.join(parts)}; "
         "check that --model names the architecture these weights were trained for"
     )

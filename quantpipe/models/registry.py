@@ -35,30 +35,74 @@ def _builtin_specs() -> dict[str, ModelSpec]:
     specs = [
         *(
             ModelSpec(
-                f"cifar10-resnet{d}", partial(cifar_resnet, d), CIFAR_PREPROCESSING,
-                "classification", 10, "required", f"CIFAR-10 ResNet-{d} (option-A shortcut)",
+                f"cifar10-resnet{d}",
+                partial(cifar_resnet, d),
+                CIFAR_PREPROCESSING,
+                "classification",
+                10,
+                "required",
+                f"CIFAR-10 ResNet-{d} (option-A shortcut)",
             )
             for d in (20, 32, 44, 56)
         ),
         *(
             ModelSpec(
-                name, tv.classifier_builder(name), IMAGENET_PREPROCESSING, "classification",
-                1000, "optional", f"torchvision {name} (ImageNet classifier)",
+                name,
+                tv.classifier_builder(name),
+                IMAGENET_PREPROCESSING,
+                "classification",
+                1000,
+                "optional",
+                f"torchvision {name} (ImageNet classifier)",
             )
             for name in tv.CLASSIFIERS
         ),
-        ModelSpec("fcn_resnet50", tv.fcn_resnet50, _seg_preprocessing(520, 520), "segmentation",
-                  21, "optional", "torchvision FCN, ResNet-50 backbone, 21 classes"),
-        ModelSpec("lraspp_mobilenet_v3_large", tv.lraspp_mobilenet_v3_large,
-                  _seg_preprocessing(520, 520), "segmentation", 21, "optional",
-                  "torchvision LR-ASPP, MobileNetV3-Large backbone, 21 classes"),
-        ModelSpec("fcn-resnet18-19", tv.fcn_resnet18, _seg_preprocessing(512, 1024),
-                  "segmentation", 19, "optional", "FCN, ResNet-18 backbone, 19 classes"),
-        ModelSpec("fmnist-cnn", FmnistCNN, FMNIST_PREPROCESSING, "classification", 10,
-                  "trained", "small residual CNN for Fashion-MNIST"),
-        ModelSpec("digits-mlp", DigitsMLP, DIGITS_PREPROCESSING, "classification", 10,
-                  "trained", "MLP for scikit-learn's digits (8×8)"),
-    ]  # fmt: skip
+        ModelSpec(
+            "fcn_resnet50",
+            tv.fcn_resnet50,
+            _seg_preprocessing(520, 520),
+            "segmentation",
+            21,
+            "optional",
+            "torchvision FCN, ResNet-50 backbone, 21 classes",
+        ),
+        ModelSpec(
+            "lraspp_mobilenet_v3_large",
+            tv.lraspp_mobilenet_v3_large,
+            _seg_preprocessing(520, 520),
+            "segmentation",
+            21,
+            "optional",
+            "torchvision LR-ASPP, MobileNetV3-Large backbone, 21 classes",
+        ),
+        ModelSpec(
+            "fcn-resnet18-19",
+            tv.fcn_resnet18,
+            _seg_preprocessing(512, 1024),
+            "segmentation",
+            19,
+            "optional",
+            "FCN, ResNet-18 backbone, 19 classes",
+        ),
+        ModelSpec(
+            "fmnist-cnn",
+            FmnistCNN,
+            FMNIST_PREPROCESSING,
+            "classification",
+            10,
+            "trained",
+            "small residual CNN for Fashion-MNIST",
+        ),
+        ModelSpec(
+            "digits-mlp",
+            DigitsMLP,
+            DIGITS_PREPROCESSING,
+            "classification",
+            10,
+            "trained",
+            "MLP for scikit-learn's digits (8×8)",
+        ),
+    ]
     return {s.name: s for s in specs}
 
 

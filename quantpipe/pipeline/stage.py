@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from quantpipe.errors import QuantpipeError
 from quantpipe.pipeline.hashing import fingerprint_path, sha256_file
 from quantpipe.pipeline.manifest import FileRecord, StageRecord
 from quantpipe.pipeline.rundir import RunDir
@@ -70,6 +71,9 @@ def run_stage(
     force: bool = False,
 ) -> StageOutcome:
     """Run `body` unless the manifest shows it done with the same inputs and parameters."""
+    missing = [f"{role} {p}" for role, p in inputs.items() if not p.exists()]
+    if missing:
+        raise QuantpipeError(f"stage {name}: input not found: {', '.join(missing)}")
     input_records = [FileRecord(str(p), fingerprint_path(p)) for p in inputs.values()]
     previous = run.manifest.stages.get(name)
     if not force and previous and _up_to_date(run, previous, input_records, params):
@@ -82,9 +86,15 @@ def run_stage(
     finally:
         ctx._discard()
     record = StageRecord(
-        name, input_records, params, outputs, results, round(time.perf_counter() - start, 3),
-        library_versions(), datetime.now(UTC).isoformat(timespec="seconds"),
-    )  # fmt: skip
+        name,
+        input_records,
+        params,
+        outputs,
+        results,
+        round(time.perf_counter() - start, 3),
+        library_versions(),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     run.manifest.record(record)
     return StageOutcome(record, skipped=False)
 

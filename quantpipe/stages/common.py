@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from quantpipe.data.registry import Dataset, open_dataset, parse_data_spec
-from quantpipe.errors import ModelError, QuantpipeError
+from quantpipe.errors import DataError, ModelError, QuantpipeError
+from quantpipe.models.checkpoint import check_weights_argument
 from quantpipe.models.registry import get_model_spec
 from quantpipe.models.spec import ModelSpec
 from quantpipe.pipeline.rundir import RunDir
@@ -44,13 +45,16 @@ class DataRef:
         return open_dataset(self.spec)
 
     def path(self) -> Path | None:
-        return parse_data_spec(self.spec)[1]
+        path = parse_data_spec(self.spec)[1]
+        if path is not None and not path.exists():
+            raise DataError(f"data path not found: {path} (from --data {self.spec})")
+        return path
 
 
 def resolve_weights(run: RunDir, spec: ModelSpec, weights: str | None) -> str | None:
     """The weights to use: as given, else those the run's train stage wrote."""
     if weights is not None:
-        return weights
+        return str(check_weights_argument(weights))
     trained = run.artifact(TRAINED_WEIGHTS)
     if spec.weights == "trained":
         if not trained.is_file():

@@ -34,7 +34,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise QuantpipeError(f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+            raise QuantpipeError(
+                f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}"
+            )
         if self.batch_size < 1:
             raise QuantpipeError(f"--batch-size must be at least 1, got {self.batch_size}")
 
@@ -57,24 +59,34 @@ def artifact_label(onnx_path: Path | None) -> str:
 
 
 def run_eval(
-    run: RunDir, onnx_path: Path | None, model: ModelRef | None, data: DataRef, cfg: EvalConfig,
-    force: bool, progress: bool = True,
-) -> StageOutcome:  # fmt: skip
+    run: RunDir,
+    onnx_path: Path | None,
+    model: ModelRef | None,
+    data: DataRef,
+    cfg: EvalConfig,
+    force: bool,
+    progress: bool = True,
+) -> StageOutcome:
     """Evaluate an ONNX file (ONNX Runtime backends) or the PyTorch model (torch backends)."""
     on_torch = cfg.backend.startswith("torch")
     if on_torch and model is None:
         raise QuantpipeError(f"--backend {cfg.backend} evaluates the PyTorch model: pass --model")
     if not on_torch and (onnx_path is None or not onnx_path.is_file()):
-        raise QuantpipeError(f"ONNX model not found: {onnx_path} (run `quantpipe export` first "
-                             "or pass --onnx FILE)")  # fmt: skip
-    contract = _contract(onnx_path if not on_torch else None, model)
+        raise QuantpipeError(
+            f"ONNX model not found: {onnx_path} (run `quantpipe export` first or pass --onnx FILE)"
+        )
     weights = resolve_weights(run, model.spec(), model.weights) if on_torch and model else None
+    inputs = stage_inputs(model or ModelRef(""), weights, data)
+    contract = _contract(onnx_path if not on_torch else None, model)
     label = f"{artifact_label(None if on_torch else onnx_path)}.{cfg.backend}"
-    inputs = stage_inputs(model, weights, data) if model else stage_inputs(ModelRef(""), None, data)
     if onnx_path is not None and not on_torch:
         inputs["onnx"] = onnx_path
-    params = {**asdict(cfg), "data": data.spec, "seed": data.seed,
-              "preprocessing": contract.preprocessing.to_dict()}  # fmt: skip
+    params = {
+        **asdict(cfg),
+        "data": data.spec,
+        "seed": data.seed,
+        "preprocessing": contract.preprocessing.to_dict(),
+    }
     params.pop("threads")
 
     def body(ctx: StageContext) -> dict[str, Any]:
@@ -91,7 +103,9 @@ def run_eval(
     return run_stage(run, f"eval.{label}", inputs, params, body, force)
 
 
-def _runner(cfg: EvalConfig, onnx_path: Path | None, model: ModelRef | None, weights: str | None) -> RunnerContext:
+def _runner(
+    cfg: EvalConfig, onnx_path: Path | None, model: ModelRef | None, weights: str | None
+) -> RunnerContext:
     device = cfg.backend.split("-", 1)[1]
     if cfg.backend.startswith("torch"):
         assert model is not None  # checked by run_eval
@@ -109,8 +123,9 @@ def _contract(onnx_path: Path | None, model: ModelRef | None) -> ModelContract:
                 int(meta.get("quantpipe.num_classes", "0")),
             )
     if model is None:
-        raise QuantpipeError(f"{onnx_path} carries no quantpipe preprocessing metadata: pass "
-                             "--model NAME so its preprocessing is known")  # fmt: skip
+        raise QuantpipeError(
+            f"{onnx_path} carries no quantpipe preprocessing metadata: pass "
+            "--model NAME so its preprocessing is known"
+        )
     spec = model.spec()
     return ModelContract(spec.preprocessing, spec.task, spec.num_classes)
-

@@ -53,9 +53,12 @@ def run_export(
 ) -> StageOutcome:
     spec = model.spec()
     weights = resolve_weights(run, spec, model.weights)
-    params = {**model_params(model, spec), **asdict(cfg),
-              "data": None if data is None else data.spec,
-              "seed": None if data is None else data.seed}  # fmt: skip
+    params = {
+        **model_params(model, spec),
+        **asdict(cfg),
+        "data": None if data is None else data.spec,
+        "seed": None if data is None else data.seed,
+    }
     params.pop("threads")
 
     def body(ctx: StageContext) -> dict[str, Any]:
@@ -64,7 +67,10 @@ def run_export(
         tmp = ctx.output(FP32_ONNX)
         onnx.save(proto, str(tmp))
         samples = _parity_samples(data, spec, cfg)
-        with TorchRunner(net) as ref, OnnxRuntimeRunner(tmp, OrtConfig(threads=cfg.threads)) as cand:
+        with (
+            TorchRunner(net) as ref,
+            OnnxRuntimeRunner(tmp, OrtConfig(threads=cfg.threads)) as cand,
+        ):
             parity = check_parity(ref, cand, samples)
         _enforce(parity, data is None, spec.name)
         return {"parity": parity.to_dict(), "graph": graph_summary(proto), "weights": weights}
@@ -74,7 +80,9 @@ def run_export(
 
 def _parity_samples(data: DataRef | None, spec: ModelSpec, cfg: ExportConfig) -> Selection:
     if data is not None:
-        return select(data.open(), cfg.parity_split, spec.preprocessing, data.seed, cfg.parity_count)
+        return select(
+            data.open(), cfg.parity_split, spec.preprocessing, data.seed, cfg.parity_count
+        )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((SYNTHETIC_SAMPLES, *spec.input_shape), dtype=np.float32)
     source = array_source(x, None, kind="tensor", max_value=1.0)

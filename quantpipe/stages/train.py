@@ -17,7 +17,12 @@ from quantpipe.stages.training import TrainConfig, fit
 
 
 def run_train(
-    run: RunDir, model: ModelRef, data: DataRef, cfg: TrainConfig, force: bool, progress: bool = True
+    run: RunDir,
+    model: ModelRef,
+    data: DataRef,
+    cfg: TrainConfig,
+    force: bool,
+    progress: bool = True,
 ) -> StageOutcome:
     spec = model.spec()
     if spec.task != "classification":
@@ -34,7 +39,9 @@ def run_train(
         stats = fit(net, x, y, cfg, data.seed, progress)
         val = select(dataset, "val", spec.preprocessing, data.seed)
         with TorchRunner(net) as runner:
-            val_result = evaluate(runner, val, EvalSetup(spec.task, spec.num_classes, progress=progress))
+            val_result = evaluate(
+                runner, val, EvalSetup(spec.task, spec.num_classes, progress=progress)
+            )
         torch.save(net.state_dict(), ctx.output(TRAINED_WEIGHTS))
         return {**stats, "train_samples": len(train), "val": val_result}
 

@@ -25,8 +25,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise QuantpipeError(f"--{name.replace('_', '-')} must be at least 1, "
-                                     f"got {getattr(self, name)}")  # fmt: skip
+                raise QuantpipeError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
         if not 0 < self.lr < 1:
             raise QuantpipeError(f"--lr must be in (0, 1), got {self.lr}")
         if self.weight_decay < 0:
@@ -44,15 +45,21 @@ def fit(
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     steps_per_epoch = max(1, len(xt) // cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch
+    )
     generator = torch.Generator().manual_seed(seed)
     start, loss_mean = time.perf_counter(), float("nan")
     model.train()
     for epoch in range(cfg.epochs):
         perm = torch.randperm(len(xt), generator=generator)
         losses = []
-        for i in tqdm(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{cfg.epochs}",
-                      disable=not progress, leave=False):  # fmt: skip
+        for i in tqdm(
+            range(steps_per_epoch),
+            desc=f"train epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+        ):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             loss = F.cross_entropy(model(xt[idx]), yt[idx])
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,61 @@
+# quantpipe — one target per stage; `make demo` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+QP := $(BIN)/quantpipe
+STAMP := $(VENV)/.installed-stamp
+
+# Stage variables: make export MODEL=cifar10-resnet20 WEIGHTS=path DATA=cifar10:path
+MODEL ?= fmnist-cnn
+DATA ?= fashion-mnist
+WEIGHTS ?=
+RUN ?=
+SPLIT ?= test
+BACKEND ?= onnxruntime-cpu
+EXTRA ?=
+RUNS_DIR ?= runs
+STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
+
+.PHONY: setup demo test lint unit integration train export eval models datasets backends clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	scripts/install-fashion-mnist.sh
+	touch $@
+
+demo: setup
+	$(QP) run --runs-dir $(RUNS_DIR)
+
+lint: setup
+	$(BIN)/ruff check quantpipe tests
+	$(BIN)/ruff format --check quantpipe tests
+	$(BIN)/mypy quantpipe
+
+test: lint
+	$(BIN)/python -m pytest -q tests
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+train: setup
+	$(QP) train $(STAGE_ARGS) --data $(DATA)
+
+export: setup
+	$(QP) export $(STAGE_ARGS) $(if $(DATA),--data $(DATA))
+
+eval: setup
+	$(QP) eval $(STAGE_ARGS) --data $(DATA) --split $(SPLIT) --backend $(BACKEND)
+
+models datasets backends: setup
+	$(QP) $@
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
