@@ -1,0 +1,33 @@
+"""The README's main job, run as the README says (`make demo`), in a scratch runs dir."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.conftest import ROOT, needs_fmnist
+
+
+def test_readme_names_the_two_fresh_machine_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+@needs_fmnist
+def test_make_demo_trains_exports_and_reports_fp32_accuracy(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "demo", f"RUNS_DIR={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "Summary of run" in out
+    row = re.search(r"^fp32\s+onnxruntime-cpu\s+top-1 ([\d.]+) %", out, re.MULTILINE)
+    assert row, out[-2000:]
+    assert float(row.group(1)) >= 90.0
+    assert "fashion-mnist" in out and "10,000 samples" in out
