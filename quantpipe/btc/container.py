@@ -1,0 +1,337 @@
+"""The `model.btc` container: coded weights plus all other tensors in one file.
+
+The byte-by-byte layout is in `format.md` next to this module. In short: a 40-byte
+preamble (magic b"QPBTC\\0", uint16 version, section sizes, CRC32s of table, metadata
+and preamble), a packed tensor table, UTF-8 JSON metadata, then per tensor its data
+sections back to back, each covered by a CRC32 stored in the table. Little-endian.
+
+Size on disk, exactly (tested):
+
+    file_bytes = sum_coded [ceil(nb/8) + 4 nb + ceil(n_low lb/8) + ceil(n_high hb/8)]
+               + sum_raw n * itemsize
+               + 40 + meta_len
+               + sum_coded (39 + name_len + 8 ndim) + sum_raw (9 + name_len + 8 ndim)
+
+The first line is b_eff * n / 8 with every section rounded up to whole bytes; the
+last two lines are the overhead (`overhead_bytes`): 40 bytes fixed, the metadata, and
+39 (coded) or 9 (raw) bytes per tensor plus its name and 8 bytes per dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantpipe.btc.encoded import HEADER_BITS_PER_BLOCK, EncodedTensor, block_lengths, n_blocks_for
+from quantpipe.btc.model import decode_model
+from quantpipe.btc.packing import (
+    merge_streams,
+    pack_bitmap,
+    pack_codes,
+    split_streams,
+    unpack_bitmap,
+    unpack_codes,
+)
+from quantpipe.btc.table import (
+    CODES,
+    DTYPES,
+    KIND_BTC,
+    KIND_RAW,
+    MAX_NDIM,
+    Entry,
+    corrupt,
+    parse_table,
+)
+from quantpipe.errors import CorruptArtifactError, QuantpipeError
+from quantpipe.pipeline.atomic import atomic_path
+
+MAGIC = b"QPBTC\0"
+VERSION = 1
+_PRE = struct.Struct("<6sHIIIQIII")
+PREAMBLE_BYTES = _PRE.size  # 40
+
+
+@dataclass(frozen=True)
+class ContainerAccounting:
+    """Where the bytes of a container go, and the coded weights' bit rates."""
+
+    file_bytes: int
+    coded_bytes: int  # all sections of coded tensors (headers + payloads)
+    raw_bytes: int  # all other tensors
+    overhead_bytes: int  # preamble + table + metadata
+    n_coded: int  # coded weights
+    payload_bits: int
+    header_bits: int
+    b_avg: float
+    b_eff: float
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedContainer:
+    """A container's content before decoding."""
+
+    encoded: dict[str, EncodedTensor]
+    others: dict[str, np.ndarray]
+    metadata: dict[str, Any]
+    accounting: ContainerAccounting
+
+
+def _bytes_view(x: np.ndarray | bytes | memoryview) -> memoryview:
+    """Zero-copy byte view of a contiguous array or a bytes-like object."""
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x).reshape(-1).view(np.uint8).data
+    return memoryview(x).cast("B")
+
+
+def _crc(x: np.ndarray | bytes | memoryview) -> int:
+    return zlib.crc32(_bytes_view(x)) & 0xFFFFFFFF
+
+
+def _btc_sections(enc: EncodedTensor) -> list[np.ndarray]:
+    low, high = split_streams(enc.codes, enc.high, enc.block_size)
+    return [
+        pack_bitmap(enc.high),
+        enc.mins.astype("<f2").view(np.uint8),
+        enc.maxs.astype("<f2").view(np.uint8),
+        pack_codes(low, enc.low_bits),
+        pack_codes(high, enc.high_bits),
+    ]
+
+
+def _raw_array(name: str, value: Any) -> np.ndarray:
+    """Stored form of a non-coded tensor: floats as float32, integers and bools as they are."""
+    arr = np.asarray(value)
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype("<f4")
+    dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+    if dt not in CODES:
+        allowed = ", ".join(str(d) for d in DTYPES.values())
+        raise QuantpipeError(
+            f"tensor {name!r} has dtype {arr.dtype}; the container stores {allowed}"
+        )
+    return np.asarray(arr, dtype=dt, order="C")  # ascontiguousarray would make 0-d 1-d
+
+
+def _entries_and_sections(
+    encoded: Mapping[str, EncodedTensor], others: Mapping[str, Any]
+) -> tuple[list[Entry], list[np.ndarray]]:
+    entries, sections = [], []
+    for name, enc in encoded.items():
+        _check_storable(name, enc.shape)
+        secs = _btc_sections(enc)
+        entries.append(
+            Entry(
+                name=name,
+                kind=KIND_BTC,
+                dtype=CODES[np.dtype("<f4")],
+                shape=enc.shape,
+                crcs=tuple(_crc(s) for s in secs),
+                block_size=enc.block_size,
+                low_bits=enc.low_bits,
+                high_bits=enc.high_bits,
+                n_high=enc.n_high_weights,
+            )
+        )
+        sections += secs
+    for name, value in others.items():
+        arr = _raw_array(name, value)
+        _check_storable(name, arr.shape)
+        data = arr.reshape(-1).view(np.uint8)
+        entries.append(Entry(name, KIND_RAW, CODES[arr.dtype], arr.shape, (_crc(data),)))
+        sections.append(data)
+    return entries, sections
+
+
+def _check_storable(name: str, shape: tuple[int, ...]) -> None:
+    if len(name.encode("utf-8")) > 0xFFFF or len(shape) > MAX_NDIM:
+        raise QuantpipeError(
+            f"tensor {name[:80]!r} cannot be stored: names are limited to 65535 UTF-8 "
+            f"bytes and shapes to {MAX_NDIM} dimensions (got {len(shape)})"
+        )
+
+
+def write_container(
+    path: str | os.PathLike[str],
+    encoded: Mapping[str, EncodedTensor],
+    other_tensors: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+) -> ContainerAccounting:
+    """Write coded tensors, the other tensors and JSON metadata to `path`, atomically.
+
+    Args:
+        encoded: name -> coded tensor.
+        other_tensors: name -> array (non-coded parameters and buffers); floats are
+            stored as float32, int64/int32/int16/int8/uint8/bool as they are.
+        metadata: a JSON-serialisable dict, returned as is by `read_container`.
+    """
+    clash = set(encoded) & set(other_tensors)
+    if clash:
+        raise QuantpipeError(f"tensors both coded and raw: {sorted(clash)[:5]}")
+    try:
+        meta = json.dumps(dict(metadata), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise QuantpipeError(f"container metadata is not JSON-serialisable: {e}") from None
+    entries, sections = _entries_and_sections(encoded, other_tensors)
+    table = b"".join(e.pack() for e in entries)
+    data_len = sum(s.nbytes for s in sections)
+    fields = (len(entries), len(table), len(meta), data_len, _crc(table), _crc(meta))
+    head = _PRE.pack(MAGIC, VERSION, *fields, 0)[:-4]
+    parts: list[bytes | np.ndarray] = [head + struct.pack("<I", _crc(head)), table, meta]
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for part in parts + sections:
+            f.write(_bytes_view(part))
+    return _accounting(entries, len(table), len(meta))
+
+
+def _accounting(entries: list[Entry], table_len: int, meta_len: int) -> ContainerAccounting:
+    coded = [e for e in entries if e.kind == KIND_BTC]
+    n = sum(e.n for e in coded)
+    payload = sum(e.n_high * e.high_bits + (e.n - e.n_high) * e.low_bits for e in coded)
+    header = sum(HEADER_BITS_PER_BLOCK * n_blocks_for(e.n, e.block_size) for e in coded)
+    coded_bytes = sum(sum(e.section_lengths()) for e in coded)
+    raw_bytes = sum(sum(e.section_lengths()) for e in entries if e.kind == KIND_RAW)
+    overhead = PREAMBLE_BYTES + table_len + meta_len
+    return ContainerAccounting(
+        file_bytes=coded_bytes + raw_bytes + overhead,
+        coded_bytes=coded_bytes,
+        raw_bytes=raw_bytes,
+        overhead_bytes=overhead,
+        n_coded=n,
+        payload_bits=payload,
+        header_bits=header,
+        b_avg=payload / n if n else 0.0,
+        b_eff=(payload + header) / n if n else 0.0,
+    )
+
+
+def _check_preamble(buf: bytes, path: str) -> tuple[int, ...]:
+    """Magic, version, preamble CRC and exact file size; returns the preamble fields."""
+    if buf[:6] != MAGIC[: len(buf[:6])] or not buf:
+        raise corrupt(path, f"wrong magic {buf[:6]!r} (expected {MAGIC!r})")
+    if len(buf) >= 8:
+        (version,) = struct.unpack_from("<H", buf, 6)
+        if version != VERSION:
+            raise CorruptArtifactError(
+                f"{path}: BTC container format version {version}; this quantpipe reads "
+                f"version {VERSION}. Re-run the btc stage with this quantpipe, or use the "
+                "quantpipe that wrote the file"
+            )
+    if len(buf) < PREAMBLE_BYTES:
+        raise corrupt(
+            path, f"only {len(buf)} bytes, shorter than the {PREAMBLE_BYTES}-byte preamble"
+        )
+    fields = _PRE.unpack_from(buf)
+    if _crc(buf[: PREAMBLE_BYTES - 4]) != fields[-1]:
+        raise corrupt(path, "preamble CRC mismatch")
+    table_len, meta_len, data_len = fields[3:6]
+    expected = PREAMBLE_BYTES + table_len + meta_len + data_len
+    if len(buf) != expected:
+        raise corrupt(path, f"file has {len(buf)} bytes, its preamble says {expected}")
+    return fields
+
+
+def _section_views(entries: list[Entry], data: memoryview, path: str) -> list[list[np.ndarray]]:
+    """Split the data region per entry and section; check lengths and every CRC."""
+    lengths = [e.section_lengths() for e in entries]
+    if sum(sum(x) for x in lengths) != len(data):
+        raise corrupt(path, "the tensor table does not account for the data region")
+    out, pos = [], 0
+    for e, lens in zip(entries, lengths, strict=True):
+        secs = []
+        for i, (size, crc) in enumerate(zip(lens, e.crcs, strict=True)):
+            view = data[pos : pos + size]
+            if _crc(view) != crc:
+                raise corrupt(path, f"CRC mismatch in section {i} of tensor {e.name!r}")
+            secs.append(np.frombuffer(view, dtype=np.uint8))
+            pos += size
+        out.append(secs)
+    return out
+
+
+def _coded_tensor(e: Entry, secs: list[np.ndarray], path: str) -> EncodedTensor:
+    bitmap, mins, maxs, low, high = secs
+    flags = unpack_bitmap(bitmap, n_blocks_for(e.n, e.block_size))
+    if int(block_lengths(e.n, e.block_size)[flags].sum()) != e.n_high:
+        raise corrupt(path, f"tensor {e.name!r}: mode bitmap disagrees with its table entry")
+    lo = mins.view("<f2").astype(np.float16)
+    hi = maxs.view("<f2").astype(np.float16)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()):
+        raise corrupt(path, f"tensor {e.name!r} has non-finite or inverted block ranges")
+    codes = merge_streams(
+        unpack_codes(low, e.low_bits, e.n - e.n_high),
+        unpack_codes(high, e.high_bits, e.n_high),
+        flags,
+        e.n,
+        e.block_size,
+    )
+    return EncodedTensor(e.shape, e.block_size, flags, lo, hi, codes, e.low_bits, e.high_bits)
+
+
+def _raw_tensor(e: Entry, sec: np.ndarray) -> np.ndarray:
+    dt = DTYPES[e.dtype]
+    return sec.view(dt).astype(dt.newbyteorder("="), copy=True).reshape(e.shape)
+
+
+def load_container(path: str | os.PathLike[str]) -> LoadedContainer:
+    """Read and verify a container without decoding the coded tensors.
+
+    Raises:
+        CorruptArtifactError: wrong magic or version, truncated, extended or damaged.
+        QuantpipeError: the file cannot be read at all.
+    """
+    p = str(path)
+    try:
+        buf = Path(path).read_bytes()
+    except OSError as err:
+        raise QuantpipeError(f"cannot read BTC container {p}: {err.strerror or err}") from None
+    fields = _check_preamble(buf, p)
+    _, _, n_tensors, table_len, meta_len, _, table_crc, meta_crc, _ = fields
+    table = buf[PREAMBLE_BYTES : PREAMBLE_BYTES + table_len]
+    meta = buf[PREAMBLE_BYTES + table_len : PREAMBLE_BYTES + table_len + meta_len]
+    if _crc(table) != table_crc:
+        raise corrupt(p, "tensor table CRC mismatch")
+    if _crc(meta) != meta_crc:
+        raise corrupt(p, "metadata CRC mismatch")
+    metadata = _parse_metadata(meta, p)
+    entries = parse_table(table, n_tensors, p)
+    data = memoryview(buf)[PREAMBLE_BYTES + table_len + meta_len :]
+    encoded, others = {}, {}
+    for ent, secs in zip(entries, _section_views(entries, data, p), strict=True):
+        if ent.kind == KIND_BTC:
+            encoded[ent.name] = _coded_tensor(ent, secs, p)
+        else:
+            others[ent.name] = _raw_tensor(ent, secs[0])
+    return LoadedContainer(encoded, others, metadata, _accounting(entries, table_len, meta_len))
+
+
+def _parse_metadata(meta: bytes, path: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(meta.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise corrupt(path, "metadata is not valid UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise corrupt(path, "metadata is not a JSON object")
+    return obj
+
+
+def read_container(
+    path: str | os.PathLike[str], *, workers: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any], ContainerAccounting]:
+    """Read, verify and decode a container.
+
+    Returns:
+        (state dict: coded tensors decoded to float32 then the other tensors,
+        metadata as written, accounting).
+    """
+    loaded = load_container(path)
+    state = decode_model(loaded.encoded, workers=workers)
+    state.update(loaded.others)
+    return state, loaded.metadata, loaded.accounting
