@@ -22,6 +22,7 @@ def _handlers() -> dict[str, Callable[..., int]]:
         "train": commands.cmd_train,
         "export": commands.cmd_export,
         "eval": commands.cmd_eval,
+        "btc": commands.cmd_btc,
         "run": cmd_run,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from quantpipe.btc.report import btc_table
 from quantpipe.cli.table import format_table
 from quantpipe.data.registry import DATASETS
 from quantpipe.engines.registry import list_backends
@@ -13,6 +14,7 @@ from quantpipe.models.registry import MODELS, summarize
 from quantpipe.models.user_model import parse_input_shape
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageOutcome
+from quantpipe.stages.btc import BtcConfig, run_btc
 from quantpipe.stages.common import FP32_ONNX, DataRef, ModelRef, default_run_name
 from quantpipe.stages.evaluate import EvalConfig, run_eval
 from quantpipe.stages.export import ExportConfig, run_export
@@ -92,6 +94,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
             run, onnx_path, model, DataRef(args.data, args.seed), cfg, args.force, not args.quiet
         )
         report(run, outcome)
+    return 0
+
+
+def cmd_btc(args: argparse.Namespace) -> int:
+    cfg = BtcConfig(
+        block_size=args.block_size,
+        tau=args.tau,
+        low_bits=args.low_bits,
+        high_bits=args.high_bits,
+        target_bits=args.target_bits,
+        max_drop=args.max_drop,
+        search=args.search,
+        max_rmse=args.max_rmse,
+        block_sizes=args.block_sizes,
+        taus=args.taus,
+        eval_count=args.eval_count,
+        calib_count=args.calib_count,
+        retune_steps=args.retune_steps,
+    )
+    with open_run(args, args.model) as run:
+        data = DataRef(args.data, args.seed)
+        outcome = run_btc(run, model_ref(args), data, cfg, args.force, not args.quiet)
+        report(run, outcome)
+        print(btc_table(outcome.record.results, args.model))
     return 0
 
 

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _export_parser(sub)
     _eval_parser(sub)
+    _btc_parser(sub)
     run = sub.add_parser("run", help="run the stages of a config file (default: the demo)")
     run.add_argument("--config", help="TOML config (default: the built-in demo)")
     run.add_argument("--force", action="store_true", help="rerun every stage")
@@ -87,4 +88,40 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="train, calib, val, test or all (default test)")
     p.add_argument("--count", type=int, help="only the first N samples of the split")
     p.add_argument("--batch-size", type=int, default=256)
+    _add_run_options(p)
+
+
+def _csv(kind: type) -> object:
+    def parse(text: str) -> tuple:
+        return tuple(kind(v) for v in text.split(","))
+
+    return parse
+
+
+def _btc_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("btc", help="block transform coding of the weights (model.btc + .onnx)")
+    _add_model_options(p)
+    _add_data_options(p, required=True)
+    p.add_argument("--block-size", type=int, default=64, help="B, weights per block (default 64)")
+    p.add_argument("--tau", type=float, default=0.05, help="σ threshold of the paper's rule")
+    p.add_argument("--low-bits", type=int, default=4)
+    p.add_argument("--high-bits", type=int, default=8)
+    p.add_argument("--target-bits", type=float, help="effective bits per weight, headers included")
+    p.add_argument("--max-drop", type=float, help="accuracy drop bound in points (selects on val)")
+    p.add_argument("--search", action="store_true", help="the paper's B × τ search")
+    p.add_argument("--max-rmse", type=float, default=3e-3, help="RMSE bound of --search")
+    p.add_argument("--block-sizes", type=_csv(int), default=(32, 64, 128, 256))
+    p.add_argument("--taus", type=_csv(float), default=(0.05,))
+    p.add_argument("--eval-count", type=int, help="only the first N samples of val/test")
+    p.add_argument(
+        "--calib-count",
+        type=int,
+        default=4096,
+        help="calib samples for importance and re-tuning (default 4096)",
+    )
+    p.add_argument(
+        "--retune-steps",
+        type=int,
+        help="affine re-tuning steps (default: 300 with --target-bits/--max-drop, else 0)",
+    )
     _add_run_options(p)

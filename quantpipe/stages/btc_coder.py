@@ -1,0 +1,176 @@
+"""The btc stage's working parts: code a model under a policy, decode (and re-tune) it,
+choose among candidates on `val`, and the 8-bit baselines."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from quantpipe.btc.model import ModelEncoding, decode_model, encode_model, select_weight_names
+from quantpipe.btc.policy import Policy, TargetBits
+from quantpipe.btc.retune import RetuneConfig, retune_affine
+from quantpipe.btc.torch_bridge import fisher_importance, model_state, with_weights
+from quantpipe.btc.uniform import per_channel_percentile, per_tensor_minmax
+from quantpipe.data.selection import Selection
+from quantpipe.errors import QuantpipeError
+from quantpipe.models.spec import ModelSpec
+from quantpipe.stages.model_accuracy import torch_accuracy
+
+if TYPE_CHECKING:
+    from quantpipe.stages.btc import BtcConfig
+
+IMPORTANCE_SAMPLES = 512
+PAPER_MAX_DROP = 2.0  # points: the paper's selection bound, used when --max-drop is unset
+
+
+@dataclass(frozen=True, eq=False)
+class Coded:
+    """One candidate: its policy, its coding, the decoded (re-tuned) model, val accuracy."""
+
+    policy: Policy
+    encoding: ModelEncoding
+    model: nn.Module
+    val_accuracy: float | None = None
+
+    def row(self, fp32_val: float) -> dict[str, Any]:
+        s = self.encoding.summary
+        acc = self.val_accuracy if self.val_accuracy is not None else float("nan")
+        return {
+            **self.policy.describe(),
+            "b_avg": s.b_avg,
+            "b_eff": s.b_eff,
+            "rmse": s.rmse,
+            "val_accuracy": acc,
+            "val_drop": fp32_val - acc,
+        }
+
+
+class Coder:
+    """The model's weights, the tensors to code, their importance, and re-tuning."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        spec: ModelSpec,
+        calib: Selection,
+        retune: RetuneConfig,
+        progress: bool,
+    ) -> None:
+        self.net, self.spec, self.calib, self.retune, self.progress = (
+            net,
+            spec,
+            calib,
+            retune,
+            progress,
+        )
+        self.state = model_state(net)
+        self.names = select_weight_names(net)
+        if not self.names:
+            raise QuantpipeError(f"model {spec.name} has no Conv or Linear weights to code")
+        self._importance: dict[str, np.ndarray] | None = None
+
+    def encode(self, policy: Policy) -> ModelEncoding:
+        importance = self.importance() if isinstance(policy, TargetBits) else None
+        return encode_model(self.state, self.names, policy, importance)
+
+    def code(self, policy: Policy, encoding: ModelEncoding | None = None) -> Coded:
+        """Encode (unless given), decode, and re-tune the uncoded parameters."""
+        encoding = encoding or self.encode(policy)
+        decoded = with_weights(copy.deepcopy(self.net), decode_model(encoding.encoded))
+        if self.retune.steps:
+            decoded = retune_affine(self.net, decoded, self.calib, self.retune, self.progress)
+        return Coded(policy, encoding, decoded)
+
+    def importance(self) -> dict[str, np.ndarray]:
+        if self._importance is None:
+            data = _head(self.calib, IMPORTANCE_SAMPLES)
+            self._importance = fisher_importance(copy.deepcopy(self.net), data, self.names)
+        return self._importance
+
+    def uncoded(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """The tensors stored raw (FP32), taken from the (re-tuned) model."""
+        return {k: v for k, v in model_state(model).items() if k not in self.names}
+
+    def with_reconstruction(self, weights: dict[str, np.ndarray]) -> nn.Module:
+        return with_weights(copy.deepcopy(self.net), weights)
+
+
+def choose(
+    coder: Coder, policies: list[Policy], cfg: BtcConfig, fp32_val: float, val: Selection
+) -> tuple[Coded, list[Coded]]:
+    """The fixed modes code once; the target-bits mode keeps the least Fisher-weighted
+    error; the searches keep the fewest effective bits admissible on `val`."""
+    if not policies:
+        raise QuantpipeError(
+            f"--target-bits {cfg.target_bits} is below {cfg.low_bits} payload bits plus the block "
+            f"headers for every block size in {cfg.block_sizes}: raise it"
+        )
+    if len(policies) == 1:
+        return coder.code(policies[0]), []
+    if cfg.mode == "target-bits":
+        # Re-tuning is the slow part: only the block size with the least error gets it.
+        encodings = [(p, coder.encode(p)) for p in policies]
+        policy, encoding = min(encodings, key=lambda pe: pe[1].summary.wsse or 0.0)
+        return coder.code(policy, encoding), []
+    return _search(coder, policies, cfg, fp32_val, val)
+
+
+def _search(
+    coder: Coder, policies: list[Policy], cfg: BtcConfig, fp32_val: float, val: Selection
+) -> tuple[Coded, list[Coded]]:
+    max_drop = PAPER_MAX_DROP if cfg.max_drop is None else cfg.max_drop
+    max_rmse = cfg.max_rmse if cfg.search else None
+    scored: list[Coded] = []
+    for policy in policies:
+        c = coder.code(policy)
+        c = Coded(c.policy, c.encoding, c.model, torch_accuracy(c.model, val, coder.spec))
+        scored.append(c)
+        # The budget ladder is ascending: its first admissible rung is the answer.
+        if cfg.mode == "max-drop" and _admissible(c, fp32_val, max_drop, max_rmse):
+            break
+    ok = [c for c in scored if _admissible(c, fp32_val, max_drop, max_rmse)]
+    if not ok:
+        best = max(scored, key=lambda c: c.val_accuracy or 0.0)
+        raise QuantpipeError(
+            f"no BTC configuration meets an accuracy drop ≤ {max_drop} points"
+            f"{'' if max_rmse is None else f' and RMSE ≤ {max_rmse:g}'} on the val split (best "
+            f"drop {fp32_val - (best.val_accuracy or 0.0):.2f} points at "
+            f"{best.encoding.summary.b_eff:.2f} effective bits): allow a larger --max-drop"
+        )
+    return min(ok, key=lambda c: c.encoding.summary.b_eff), scored
+
+
+def _admissible(c: Coded, fp32_val: float, max_drop: float, max_rmse: float | None) -> bool:
+    drop_ok = fp32_val - (c.val_accuracy or 0.0) <= max_drop
+    return drop_ok and (max_rmse is None or c.encoding.summary.rmse <= max_rmse)
+
+
+def baselines(coder: Coder, test: Selection) -> dict[str, Any]:
+    """8-bit per-tensor min/max (paper §2.3) and per-channel 99.99th-percentile quantizers."""
+    out = {}
+    for label, fn in (
+        ("uniform8_per_tensor", per_tensor_minmax),
+        ("percentile8_per_channel", per_channel_percentile),
+    ):
+        results = {k: fn(coder.state[k]) for k in coder.names}
+        n = sum(r.reconstruction.size for r in results.values())
+        net = coder.with_reconstruction({k: r.reconstruction for k, r in results.items()})
+        out[label] = {
+            "test_accuracy": torch_accuracy(net, test, coder.spec),
+            "bits": 8,
+            "b_eff": sum(r.b_eff * r.reconstruction.size for r in results.values()) / n,
+            "rmse": float(
+                np.sqrt(sum(r.rmse**2 * r.reconstruction.size for r in results.values()) / n)
+            ),
+        }
+    return out
+
+
+def _head(data: Selection, count: int) -> Selection:
+    return Selection(
+        data.dataset, data.split, data.seed, data.pool, data.indices[:count], data.preprocessing
+    )
