@@ -131,7 +131,8 @@ def report(run: RunDir, outcome: StageOutcome) -> None:
     )
     print(f"{rec.name}: {state}")
     for out in rec.outputs:
-        print(f"  wrote {run.path / out.path} ({out.bytes:,} bytes)")
+        verb = "kept" if outcome.skipped else "wrote"
+        print(f"  {verb} {run.path / out.path} ({out.bytes:,} bytes)")
     for line in result_lines(rec.results):
         print(f"  {line}")
 
@@ -143,6 +144,15 @@ def result_lines(results: dict) -> list[str]:
         lines.append(
             f"parity vs PyTorch: max |Δlogit| {p['max_abs_diff']:.2e}, top-1 agreement "
             f"{p['top1_agreement']:.2f} % on {p['data']}"
+        )
+    if "summary" in results and "size" in results:
+        s, acc = results["summary"], results["accuracy"]
+        lines.append(
+            f"BTC {s['b_eff']:.3f} effective bits ({s['b_avg']:.3f} payload), "
+            f"{results['size']['ratio']:.2f}× smaller than the FP32 ONNX; top-1 "
+            f"{acc['btc_test']:.2f} % vs FP32 {acc['fp32']['test']:.2f} % on "
+            f"{acc['data_test']['dataset']} {acc['data_test']['split']} "
+            f"({acc['data_test']['count']:,} samples)"
         )
     if "val" in results:
         lines.append(f"validation: {headline(results['val'])}")

@@ -10,6 +10,7 @@ from quantpipe.cli.run_config import RunConfig, load_run_config
 from quantpipe.cli.summary import print_summary
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageOutcome
+from quantpipe.stages.btc import BTC_ONNX, run_btc
 from quantpipe.stages.common import FP32_ONNX, DataRef, ModelRef
 from quantpipe.stages.evaluate import EvalConfig, run_eval
 from quantpipe.stages.export import run_export
@@ -36,9 +37,20 @@ def run_stages(run: RunDir, cfg: RunConfig, force: bool, progress: bool) -> list
         done(run_train(run, model, data, cfg.train, force, progress))
     if "export" in cfg.stages:
         done(run_export(run, model, data, cfg.export, force))
+    if "btc" in cfg.stages:
+        done(run_btc(run, model, data, cfg.btc, force, progress))
     if "eval" in cfg.stages:
         for backend in cfg.eval.backends:
             ecfg = EvalConfig(backend, cfg.eval.split, cfg.eval.count)
-            onnx_path = None if backend.startswith("torch") else run.artifact(FP32_ONNX)
-            done(run_eval(run, onnx_path, model, data, ecfg, force, progress))
+            if backend.startswith("torch"):
+                done(run_eval(run, None, model, data, ecfg, force, progress))
+                continue
+            for artifact in _onnx_artifacts(run, cfg):
+                done(run_eval(run, artifact, model, data, ecfg, force, progress))
     return outcomes
+
+
+def _onnx_artifacts(run: RunDir, cfg: RunConfig) -> list[Path]:
+    """Every ONNX model this run's stages produce, FP32 first."""
+    names = [FP32_ONNX] + ([BTC_ONNX] if "btc" in cfg.stages else [])
+    return [run.artifact(n) for n in names]

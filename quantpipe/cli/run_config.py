@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from quantpipe.errors import QuantpipeError
+from quantpipe.stages.btc import BtcConfig
 from quantpipe.stages.evaluate import BACKENDS
 from quantpipe.stages.export import ExportConfig
 from quantpipe.stages.training import TrainConfig
 
-STAGES = ("train", "export", "eval")
+STAGES = ("train", "export", "btc", "eval")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RunConfig:
     weights: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    btc: BtcConfig = field(default_factory=BtcConfig)
     eval: EvalPlan = field(default_factory=EvalPlan)
 
     def __post_init__(self) -> None:
@@ -67,7 +69,7 @@ def _read(path: Path) -> str:
 
 
 def _build(doc: dict[str, Any], where: str) -> RunConfig:
-    _only(doc, {"run", "train", "export", "eval"}, where, "top level")
+    _only(doc, {"run", "train", "export", "btc", "eval"}, where, "top level")
     run = dict(doc.get("run", {}))
     _only(run, {"name", "model", "data", "seed", "stages", "weights"}, where, "[run]")
     for key in ("name", "model", "data", "stages"):
@@ -78,6 +80,7 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
         **run,
         train=_section(TrainConfig, doc.get("train", {}), where, "[train]"),
         export=_section(ExportConfig, doc.get("export", {}), where, "[export]"),
+        btc=_section(BtcConfig, _tuples(doc.get("btc", {})), where, "[btc]"),
         eval=_section(
             EvalPlan,
             {k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("eval", {}).items()},
@@ -85,6 +88,10 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
             "[eval]",
         ),
     )
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _section(cls: type, values: dict[str, Any], where: str, name: str) -> Any:
