@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantpipe.btc.policy import SigmaRule, TargetBits
+from quantpipe.btc.retune import RetuneConfig, affine_parameters, retune_affine
+from quantpipe.data.registry import Dataset
+from quantpipe.data.selection import select
+from quantpipe.data.sources import array_source
+from quantpipe.errors import QuantpipeError
+from quantpipe.models.spec import Preprocessing
+from quantpipe.stages.btc import BtcConfig
+
+
+def test_modes_and_their_candidates() -> None:
+    assert BtcConfig().policies() == [SigmaRule(0.05, 64, 4, 8)]
+    assert BtcConfig().retune() == 0  # the paper's rule stays as published
+    search = BtcConfig(search=True, taus=(0.02, 0.05))
+    assert search.mode == "paper-search" and len(search.policies()) == 8
+    tb = BtcConfig(target_bits=4.5)
+    # B = 32 and 64 cannot reach 4.5 effective bits: their headers alone cost 1.03 / 0.52.
+    assert [p.block_size for p in tb.policies()] == [128, 256]
+    assert all(isinstance(p, TargetBits) for p in tb.policies()) and tb.retune() == 300
+    ladder = BtcConfig(max_drop=0.5).policies()
+    assert [p.target_bits for p in ladder] == sorted(p.target_bits for p in ladder)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target_bits": 4.5, "search": True}, "fixes the budget"),
+        ({"max_drop": -1}, "--max-drop"),
+        ({"tau": -0.1}, "tau"),
+        ({"block_size": 0}, "block"),
+        ({"retune_steps": -5}, "re-tuning"),
+    ],
+)
+def test_bad_values_are_named(kwargs: dict, match: str) -> None:
+    with pytest.raises(QuantpipeError, match=match):
+        BtcConfig(**kwargs)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_affine_parameters_are_norms_and_biases_only() -> None:
+    net = _Net()
+    params = affine_parameters(net)
+    assert {id(p) for p in params} == {id(net.bn.weight), id(net.bn.bias), id(net.fc.bias)}
+
+
+def test_retune_reduces_the_gap_and_touches_only_affine_parameters() -> None:
+    torch.manual_seed(0)
+    reference = _Net().eval()
+    coded = _Net().eval()
+    coded.load_state_dict(reference.state_dict())
+    with torch.no_grad():  # a coarse "coding" of the conv weights
+        coded.conv.weight.copy_(torch.round(coded.conv.weight * 2) / 2)
+    x = np.random.default_rng(0).standard_normal((256, 1, 6, 6)).astype(np.float32)
+    pools = {"all": array_source(x, np.zeros(256, np.int64), kind="tensor", max_value=1.0)}
+    calib = select(Dataset("t", None, pools), "all", Preprocessing(1, (6, 6), (0.0,), (1.0,)))
+
+    def gap(m: nn.Module) -> float:
+        with torch.no_grad():
+            t = torch.from_numpy(x)
+            return float(
+                F.kl_div(
+                    F.log_softmax(m(t), 1),
+                    F.log_softmax(reference(t), 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+            )
+
+    tuned = retune_affine(reference, coded, calib, RetuneConfig(steps=200, lr=1e-2))
+    assert gap(tuned) < 0.5 * gap(coded)
+    assert torch.equal(tuned.conv.weight, coded.conv.weight)  # coded weights untouched
+    assert torch.equal(tuned.fc.weight, coded.fc.weight)
