@@ -12,8 +12,12 @@ from torch import nn
 from quantpipe.btc.clipsearch import DEFAULT_CLIP_GRID
 from quantpipe.btc.container import write_container
 from quantpipe.btc.encoded import HEADER_BITS_PER_BLOCK as HEADER_BITS
+from quantpipe.btc.model import decode_model
+from quantpipe.btc.plots import accuracy_vs_block_size, weight_histograms
 from quantpipe.btc.policy import Policy, SigmaRule, TargetBits
+from quantpipe.btc.report import btc_table
 from quantpipe.btc.retune import RetuneConfig
+from quantpipe.btc.uniform import per_tensor_minmax
 from quantpipe.data.selection import select
 from quantpipe.errors import QuantpipeError
 from quantpipe.export.onnx_export import ExportOptions, export_onnx
@@ -21,12 +25,15 @@ from quantpipe.models.registry import build_model
 from quantpipe.models.spec import ModelSpec
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext, StageOutcome, run_stage
-from quantpipe.stages.btc_coder import Coder, baselines, choose
+from quantpipe.stages.btc_coder import Coded, Coder, baselines, choose
 from quantpipe.stages.common import DataRef, ModelRef, model_params, resolve_weights, stage_inputs
 from quantpipe.stages.model_accuracy import torch_accuracy
 
 BTC_CONTAINER = "model.btc"
 BTC_ONNX = "model.btc.onnx"
+HISTOGRAM_PNG = "btc/weights_histogram.png"
+BLOCK_SIZE_PNG = "btc/accuracy_vs_block_size.png"
+REPORT_MD = "btc/report.md"
 # Effective-bit budgets tried by --max-drop, smallest first (4-bit payload plus headers
 # is the floor; all-8-bit with B = 64 is 8.52).
 BUDGET_LADDER = (4.25, 4.5, 4.75, 5.0, 5.5, 6.0, 7.0, 8.0)
@@ -130,7 +137,7 @@ def run_btc(
         # The decoded ONNX has the FP32 graph and float32 weights: its size is the FP32
         # ONNX size that the container is compared with.
         size = {"btc_bytes": accounting.file_bytes, "onnx_fp32_bytes": onnx_tmp.stat().st_size}
-        return {
+        results = {
             "mode": cfg.mode,
             "retune_steps": cfg.retune(),
             "summary": chosen.encoding.summary.to_dict(),
@@ -148,8 +155,22 @@ def run_btc(
             "container": asdict(accounting),
             "size": {**size, "ratio": size["onnx_fp32_bytes"] / size["btc_bytes"]},
         }
+        write_figures(ctx, coder, chosen, results)
+        return results
 
     return run_stage(run, "btc", stage_inputs(model, weights, data), params, body, force)
+
+
+def write_figures(ctx: StageContext, coder: Coder, chosen: Coded, results: dict[str, Any]) -> None:
+    """The paper's Fig. 1 (largest layer) and, after a search, Fig. 6; plus the text table."""
+    layer = max(coder.names, key=lambda k: coder.state[k].size)
+    decoded = decode_model({layer: chosen.encoding.encoded[layer]})[layer]
+    uniform = per_tensor_minmax(coder.state[layer]).reconstruction
+    weight_histograms(coder.state[layer], decoded, uniform, layer, ctx.output(HISTOGRAM_PNG))
+    if results["candidates"]:
+        accuracy_vs_block_size(results["candidates"], results["accuracy"]["fp32"]["test"],
+                               ctx.output(BLOCK_SIZE_PNG))  # fmt: skip
+    ctx.output(REPORT_MD).write_text(btc_table(results, coder.spec.name) + "\n")
 
 
 def _export_decoded(net: nn.Module, spec: ModelSpec) -> onnx.ModelProto:
