@@ -1,0 +1,157 @@
+"""One pass of an FP32 ONNX model over the calibration feeds, collecting activation statistics.
+
+Only the tensors that will be quantized are exposed as extra graph outputs, so ONNX Runtime
+keeps its fusions (e.g. Conv+Relu) everywhere else, and each batch's activations are folded
+into running histograms and dropped: memory is one batch of those tensors, whatever the
+number of images. The collector that comes back serves all calibrators
+(`quantpipe.calibration.calibrators.compute_all`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence, Sized
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from quantpipe.calibration.histogram import HistogramCollector
+from quantpipe.calibration.runtime import (
+    BoundRunner,
+    InputSpec,
+    check_feed,
+    input_specs,
+    load_model,
+    make_session,
+    with_outputs,
+)
+from quantpipe.errors import QuantpipeError
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """How to run the collection pass.
+
+    Attributes:
+        threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (all cores).
+        progress: show a tqdm progress bar (batches).
+        with_histogram: False collects only the running max (enough for the max calibrator).
+        max_batch: run larger batches through ONNX Runtime in slices of at most this many
+            samples (0: as given). Memory grows with the batch (every exposed activation of
+            the batch is alive at once): resnet18 at 224x224 peaks at ~0.9 GiB RSS with 16
+            images per run, ~1.3 GiB with 32; throughput per image is the same.
+    """
+
+    threads: int = 0
+    progress: bool = False
+    with_histogram: bool = True
+    max_batch: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "max_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise QuantpipeError(
+                    f"{name}={value!r}: allowed values are integers >= 0 (0 = automatic)"
+                )
+
+
+def collect_statistics(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    tensors: Sequence[str],
+    config: CollectConfig | None = None,
+    collector: HistogramCollector | None = None,
+) -> HistogramCollector:
+    """Run ``model`` on every feed and accumulate the statistics of ``tensors``.
+
+    Args:
+        model: FP32 ONNX model (path or proto).
+        feeds: batches ``{input name: array}`` (iterated once).
+        tensors: names of the activation tensors to calibrate (node outputs or graph inputs).
+        config: threads, progress bar, histogram or max only.
+        collector: an existing collector to add to (e.g. resumed state).
+
+    Returns:
+        The collector holding one `TensorHistogram` per tensor.
+
+    Raises:
+        QuantpipeError: unknown tensor, a batch that does not fit the model's inputs, NaN/Inf
+            in an activation, or no batch at all.
+    """
+    config = config or CollectConfig()
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    graph_inputs = _check_tensors(proto, tensors)
+    outputs = [t for t in dict.fromkeys(tensors) if t not in graph_inputs]
+    session = make_session(with_outputs(proto, outputs), config.threads)
+    specs = input_specs(session)
+    runner = BoundRunner(session, outputs)
+    collector = collector or HistogramCollector(with_histogram=config.with_histogram)
+    collector.prepare([*graph_inputs, *outputs])
+    batches = 0
+    # Binning runs in as many threads as ONNX Runtime uses, one tensor per thread at a time
+    # (numpy releases the GIL): 2 threads bin ~1.8x faster than one.
+    with ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 1) as pool:
+        for feed in _progress(feeds, config.progress):
+            check_feed(feed, specs)
+            for part in split_batch(feed, specs, config.max_batch):
+                arrays = [part[n] for n in graph_inputs] + (runner.run(part) if outputs else [])
+                _fold(pool, collector, [*graph_inputs, *outputs], arrays)
+            batches += 1
+    if batches == 0:
+        raise QuantpipeError("calibration data is empty: no batch was given")
+    return collector
+
+
+def _fold(
+    pool: ThreadPoolExecutor,
+    collector: HistogramCollector,
+    names: list[str],
+    arrays: list[np.ndarray],
+) -> None:
+    """Fold each tensor's batch into its statistics, largest first for an even split."""
+    order = sorted(range(len(names)), key=lambda k: -np.size(arrays[k]))
+    for _ in pool.map(lambda k: collector.collect(names[k], arrays[k]), order):
+        pass  # iterating re-raises the first error (e.g. NaN in a named tensor)
+
+
+def split_batch(
+    feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec], max_batch: int
+) -> list[Mapping[str, np.ndarray]]:
+    """``feed`` cut along axis 0 into slices of at most ``max_batch`` samples.
+
+    Only where every input has a free leading dimension and all share its length; otherwise
+    (or with max_batch 0) the feed is returned whole.
+    """
+    sizes = {np.shape(v)[0] if np.ndim(v) else -1 for v in feed.values()}
+    free = all(not isinstance(s.shape[0], int) for s in specs if s.shape)
+    if max_batch == 0 or len(sizes) != 1 or not free:
+        return [feed]
+    (n,) = sizes
+    if n <= max_batch:
+        return [feed]
+    return [{k: v[i : i + max_batch] for k, v in feed.items()} for i in range(0, n, max_batch)]
+
+
+def _check_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> list[str]:
+    """Validate tensor names; return those that are graph inputs (read from the feeds)."""
+    produced = {out for node in model.graph.node for out in node.output}
+    inputs = {i.name for i in model.graph.input}
+    unknown = [t for t in tensors if t not in produced and t not in inputs]
+    if unknown:
+        raise QuantpipeError(
+            f"tensor {unknown[0]!r} to calibrate is neither a node output nor an input of the model"
+        )
+    return [t for t in dict.fromkeys(tensors) if t in inputs and t not in produced]
+
+
+def _progress(feeds: Iterable[Mapping[str, np.ndarray]], enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return feeds
+    from tqdm import tqdm
+
+    total = len(feeds) if isinstance(feeds, Sized) else None
+    return tqdm(feeds, total=total, desc="calibrate", unit="batch")

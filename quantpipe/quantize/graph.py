@@ -1,0 +1,96 @@
+"""Read-only index of an ONNX graph: producers, consumers, constants."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Ops that only move or reshape data: INT8 flows through them unchanged, and ONNX Runtime
+# drops a DQ -> op -> Q around them when both share one scale.
+SHAPE_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"})
+
+
+@dataclass(frozen=True)
+class Use:
+    """One input slot of a node reading a tensor."""
+
+    node: onnx.NodeProto
+    index: int
+
+
+class GraphIndex:
+    """Producers, consumers and constant values of the tensors of one graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.graph = graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.outputs = {o.name for o in graph.output}
+        self.inputs = {i.name for i in graph.input if i.name not in self.initializers}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.uses: dict[str, list[Use]] = defaultdict(list)
+        for node in graph.node:
+            for out in node.output:
+                self.producer[out] = node
+            for k, name in enumerate(node.input):
+                if name:
+                    self.uses[name].append(Use(node, k))
+
+    def constant_source(self, name: str) -> str | None:
+        """The initializer that ``name`` is, directly or through Identity nodes, else None."""
+        seen = 0
+        while name not in self.initializers:
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity" or seen > 64:
+                return None
+            name, seen = node.input[0], seen + 1
+        return name
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """Value of ``name`` if it is a constant (initializer, maybe behind Identity)."""
+        source = self.constant_source(name)
+        if source is None:
+            return None
+        return numpy_helper.to_array(self.initializers[source])
+
+    def is_activation(self, name: str) -> bool:
+        """A float tensor computed at run time (not a constant, not empty)."""
+        return bool(name) and self.constant_source(name) is None
+
+    def consumers(self, name: str) -> list[Use]:
+        return self.uses.get(name, [])
+
+
+def attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    """Integer attribute ``name`` of ``node``, or ``default``."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return int(onnx.helper.get_attribute_value(attr))
+    return default
+
+
+def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself if every node has a unique name, else a copy where each does.
+
+    Placement refers to nodes by name; unnamed nodes get ``<op_type>_<position>``.
+    """
+    names = [n.name for n in model.graph.node]
+    if all(names) and len(set(names)) == len(names):
+        return model
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    taken = set(names)
+    seen: set[str] = set()
+    for k, node in enumerate(named.graph.node):
+        if not node.name or node.name in seen:
+            candidate = f"{node.op_type}_{k}"
+            while candidate in taken:
+                candidate += "_"
+            node.name = candidate
+            taken.add(candidate)
+        seen.add(node.name)
+    return named

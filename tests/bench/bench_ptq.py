@@ -1,0 +1,358 @@
+"""PTQ benchmark: our calibration + Q/DQ vs onnxruntime.quantization.quantize_static.
+
+    python tests/bench/bench_ptq.py --out bench-ptq.json            # 1,024 images
+    python tests/bench/bench_ptq.py --quick --out bench-ptq.json    # 64 images, fewer repeats
+
+torchvision resnet18 with random weights (BatchNorm statistics randomised too, so the folded
+biases differ as trained ones do) is exported to FP32 ONNX (opset 17, dynamic batch). The same
+synthetic images (smooth random fields plus noise, ImageNet-normalised, generated per batch
+from a seed) feed: plain FP32 inference, our calibration (one collection pass, all four
+calibrators), and quantize_static (QDQ, per-channel, Entropy, its other defaults). Each phase
+runs in its own process, so its peak RSS (VmHWM) is its own; data generation time is
+subtracted from every phase. Latency: median over repeats, ONNX Runtime CPU, interleaved
+rounds. Speeds are ratios within one run. Not a pytest test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# One BLAS thread for the synthetic-image generation, so that the only parallelism in every
+# phase is the ONNX Runtime (and our binning) threads being measured.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+IMAGE = 224
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+class SyntheticImages:
+    """Batches of ``count`` synthetic images, regenerated identically on every pass."""
+
+    def __init__(self, count: int, batch: int, seed: int = 0) -> None:
+        self.count, self.batch, self.seed = count, batch, seed
+        self.data_s = 0.0  # time spent generating, subtracted from every measurement
+        low = 28
+        grid = np.linspace(0, low - 1, IMAGE)
+        lo = np.floor(grid).astype(int).clip(0, low - 2)
+        frac = (grid - lo).astype(np.float32)
+        self.upsample = np.zeros((IMAGE, low), dtype=np.float32)  # bilinear, as a matrix
+        self.upsample[np.arange(IMAGE), lo] = 1 - frac
+        self.upsample[np.arange(IMAGE), lo + 1] = frac
+
+    def __len__(self) -> int:
+        return -(-self.count // self.batch)
+
+    def batch_at(self, k: int) -> np.ndarray:
+        start = time.perf_counter()
+        n = min(self.batch, self.count - k * self.batch)
+        rng = np.random.default_rng((self.seed, k))
+        low = rng.normal(0.45, 0.22, size=(n, 3, 28, 28)).astype(np.float32)
+        img = np.einsum("hi,ncij,wj->nchw", self.upsample, low, self.upsample, optimize=True)
+        img += rng.normal(0, 0.04, size=img.shape).astype(np.float32)
+        out = ((np.clip(img, 0, 1) - MEAN) / STD).astype(np.float32)
+        self.data_s += time.perf_counter() - start
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for k in range(len(self)):
+            yield {"input": self.batch_at(k)}
+
+
+def export_resnet18(path: Path) -> None:
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.onnx.export(
+        model,
+        torch.randn(1, 3, IMAGE, IMAGE),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+
+
+def _session(path: str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def phase_idle(args: dict[str, Any]) -> dict[str, Any]:
+    """Baseline: a process with the same imports and the FP32 session, doing nothing."""
+    import onnx  # noqa: F401
+
+    _session(args["fp32"], args["threads"])
+    return {"peak_rss_mib": _peak_rss_mib()}
+
+
+def phase_fp32(args: dict[str, Any]) -> dict[str, Any]:
+    session = _session(args["fp32"], args["threads"])
+    images = SyntheticImages(args["count"], args["batch"])
+    start = time.perf_counter()
+    for feed in images:
+        session.run(None, feed)
+    return {"seconds": time.perf_counter() - start - images.data_s, "peak_rss_mib": _peak_rss_mib()}
+
+
+def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+
+    from quantpipe.calibration import (
+        CollectConfig,
+        EntropyConfig,
+        MaxConfig,
+        MseConfig,
+        PercentileConfig,
+        collect_statistics,
+        compute_all,
+    )
+    from quantpipe.quantize import plan_qdq, quantize_qdq
+
+    model = onnx.load(args["fp32"])
+    images = SyntheticImages(args["count"], args["batch"])
+    configs = [MaxConfig(), PercentileConfig(99.99), EntropyConfig(), MseConfig()]
+    start = time.perf_counter()
+    plan = plan_qdq(model)
+    config = CollectConfig(threads=args["threads"])
+    stats = collect_statistics(model, images, plan.calibration_tensors, config)
+    collect_s = time.perf_counter() - start - images.data_s
+    start = time.perf_counter()
+    tables = compute_all(stats, configs)
+    compute_s = time.perf_counter() - start
+    peak = _peak_rss_mib()
+    start = time.perf_counter()
+    for c in configs:
+        onnx.save(quantize_qdq(model, tables[c]).model, f"{args['dir']}/ours_{c.name}.onnx")
+    return {
+        "seconds": collect_s + compute_s,
+        "collect_seconds": collect_s,
+        "compute_4_calibrators_seconds": compute_s,
+        "qdq_seconds_per_model": (time.perf_counter() - start) / len(configs),
+        "peak_rss_mib": peak,
+        "calibrated_tensors": len(plan.calibration_tensors),
+        "float_nodes": [f.name for f in plan.float_nodes],
+    }
+
+
+class _OrtReader:
+    """quantize_static's data reader over the same images, with the strided-range API."""
+
+    def __init__(self, images: SyntheticImages) -> None:
+        self.images, self.range, self.k = images, range(len(images)), 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.range, self.k = range(start_index, end_index), 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.k >= len(self.range):
+            return None
+        self.k += 1
+        return {"input": self.images.batch_at(self.range[self.k - 1])}
+
+
+def phase_ort(args: dict[str, Any]) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    images = SyntheticImages(args["count"], args["batch"])
+    start = time.perf_counter()
+    # Its Entropy calibrator keeps every activation of a collect_data() call in memory; the
+    # strided option (one batch per call) is what keeps 1,024 images within RAM.
+    quantize_static(
+        args["fp32"],
+        f"{args['dir']}/ort_entropy.onnx",
+        _OrtReader(images),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"CalibStridedMinMax": 1},
+    )
+    seconds = time.perf_counter() - start - images.data_s
+    return {"seconds": seconds, "peak_rss_mib": _peak_rss_mib()}
+
+
+def phase_latency(args: dict[str, Any]) -> dict[str, Any]:
+    sessions = {name: _session(path, args["threads"]) for name, path in args["models"].items()}
+    out: dict[str, Any] = {}
+    for batch, rounds in ((1, args["reps1"]), (32, args["reps32"])):
+        x = SyntheticImages(batch, batch, seed=99).batch_at(0)
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for s in sessions.values():
+            s.run(None, {"input": x})
+        for _ in range(rounds):  # interleaved, so drift and neighbours hit all models alike
+            for name, s in sessions.items():
+                start = time.perf_counter()
+                s.run(None, {"input": x})
+                times[name].append(time.perf_counter() - start)
+        out[f"batch{batch}"] = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+    return out
+
+
+def phase_agreement(args: dict[str, Any]) -> dict[str, Any]:
+    """Top-1 agreement and output cosine of each INT8 model with FP32 on held-out images."""
+    images = SyntheticImages(64, 32, seed=7)
+    ref = _session(args["fp32"], args["threads"])
+    feeds = list(images)
+    fp32 = np.concatenate([ref.run(None, f)[0] for f in feeds])
+    out = {}
+    for name, path in args["models"].items():
+        s = _session(path, args["threads"])
+        y = np.concatenate([s.run(None, f)[0] for f in feeds])
+        cos = float(np.sum(y * fp32) / np.linalg.norm(y) / np.linalg.norm(fp32))
+        out[name] = {"top1_agree": float(np.mean(y.argmax(1) == fp32.argmax(1))), "cosine": cos}
+    return out
+
+
+def run_phase(fn: Any, args: dict[str, Any]) -> dict[str, Any]:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, (args,))
+
+
+def cpu_info() -> dict[str, Any]:
+    import onnxruntime
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), ""
+    )
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+    )
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "isa": [f for f in wanted if f in flags],
+        "onnxruntime": onnxruntime.__version__,
+        "load_average_before": os.getloadavg(),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-ptq.json"))
+    parser.add_argument("--count", type=int, default=1024, help="calibration images")
+    parser.add_argument("--quick", action="store_true", help="64 images, fewer latency repeats")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-ort", action="store_true", help="skip quantize_static")
+    return parser.parse_args()
+
+
+def main() -> None:
+    a = parse_args()
+    count = 64 if a.quick else a.count
+    report: dict[str, Any] = {"config": {"count": count, "batch": a.batch, "threads": a.threads}}
+    report["machine"] = cpu_info()
+    with tempfile.TemporaryDirectory(prefix="bench-ptq-") as tmp:
+        fp32 = f"{tmp}/resnet18.fp32.onnx"
+        export_resnet18(Path(fp32))
+        common = {"fp32": fp32, "count": count, "batch": a.batch, "threads": a.threads, "dir": tmp}
+        run_phases(report, common, quick=a.quick, with_ort=not a.skip_ort)
+    add_ratios(report)
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"wrote {a.out}")
+
+
+def run_phases(report: dict[str, Any], common: dict[str, Any], quick: bool, with_ort: bool) -> None:
+    """Each phase in its own process, results into ``report``."""
+    tmp = common["dir"]
+    report["idle"] = run_phase(phase_idle, common)
+    report["fp32_inference"] = run_phase(phase_fp32, common)
+    report["ours"] = run_phase(phase_ours, common)
+    models = {"fp32": common["fp32"], "ours_int8": f"{tmp}/ours_entropy.onnx"}
+    int8 = {f"ours_{n}": f"{tmp}/ours_{n}.onnx" for n in ("max", "percentile", "entropy", "mse")}
+    if with_ort:
+        report["ort_quantize_static"] = run_phase(phase_ort, common)
+        models["ort_int8"] = int8["ort_entropy"] = f"{tmp}/ort_entropy.onnx"
+    reps1, reps32 = (10, 3) if quick else (60, 12)
+    latency_args = {**common, "models": models, "reps1": reps1, "reps32": reps32}
+    report["latency_ms"] = run_phase(phase_latency, latency_args)
+    report["agreement_with_fp32"] = run_phase(phase_agreement, {**common, "models": int8})
+
+
+def add_ratios(report: dict[str, Any]) -> None:
+    fp32_s = report["fp32_inference"]["seconds"]
+    ratios = {"ours_calibration_vs_fp32": report["ours"]["seconds"] / fp32_s}
+    if "ort_quantize_static" in report:
+        ratios["ort_calibration_vs_fp32"] = report["ort_quantize_static"]["seconds"] / fp32_s
+    for batch, row in report["latency_ms"].items():
+        for name in ("ours_int8", "ort_int8"):
+            if name in row:
+                ratios[f"{name}_latency_vs_fp32_{batch}"] = row[name] / row["fp32"]
+        if "ort_int8" in row:
+            ratios[f"ours_vs_ort_latency_{batch}"] = row["ours_int8"] / row["ort_int8"]
+    report["ratios"] = ratios
+
+
+def print_table(report: dict[str, Any]) -> None:
+    m, fp32 = report["machine"], report["fp32_inference"]
+    print(f"\n{m['cpu']} ({m['cores']} cores, {' '.join(m['isa'])}), ORT {m['onnxruntime']}")
+    print(f"{'phase':32s} {'seconds':>9s} {'x FP32':>7s} {'peak RSS MiB':>13s}")
+    print(
+        f"{'idle process (baseline)':32s} {'':>9s} {'':>7s} {report['idle']['peak_rss_mib']:13.0f}"
+    )
+    for key, label in (
+        ("fp32_inference", "FP32 inference"),
+        ("ours", "ours: 1 pass + 4 calibrators"),
+        ("ort_quantize_static", "ORT quantize_static Entropy"),
+    ):
+        if key in report:
+            r = report[key]
+            ratio = r["seconds"] / fp32["seconds"]
+            print(f"{label:32s} {r['seconds']:9.2f} {ratio:7.2f} {r['peak_rss_mib']:13.0f}")
+    print(f"\n{'latency ms (median)':32s} {'batch 1':>9s} {'batch 32':>9s}")
+    lat = report["latency_ms"]
+    for name in lat["batch1"]:
+        b1, b32 = lat["batch1"][name], lat["batch32"][name]
+        r1, r32 = b1 / lat["batch1"]["fp32"], b32 / lat["batch32"]["fp32"]
+        print(f"{name:32s} {b1:9.1f} {b32:9.1f}   ({r1:.2f}x, {r32:.2f}x FP32)")
+    print(f"\n{'agreement with FP32 (64 imgs)':32s} {'top-1':>7s} {'cosine':>8s}")
+    for name, row in report["agreement_with_fp32"].items():
+        print(f"{name:32s} {row['top1_agree']:7.3f} {row['cosine']:8.4f}")
+
+
+if __name__ == "__main__":
+    main()
