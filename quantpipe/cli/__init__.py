@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from quantpipe.cli import commands
+from quantpipe.cli import commands, quantize_commands
 from quantpipe.cli.parser import build_parser
 from quantpipe.errors import QuantpipeError
 
@@ -23,6 +23,9 @@ def _handlers() -> dict[str, Callable[..., int]]:
         "export": commands.cmd_export,
         "eval": commands.cmd_eval,
         "btc": commands.cmd_btc,
+        "calibrate": quantize_commands.cmd_calibrate,
+        "ptq": quantize_commands.cmd_ptq,
+        "compare": quantize_commands.cmd_compare,
         "run": cmd_run,
     }
 

@@ -154,6 +154,19 @@ def result_lines(results: dict) -> list[str]:
             f"{acc['data_test']['dataset']} {acc['data_test']['split']} "
             f"({acc['data_test']['count']:,} samples)"
         )
+    if "per_calibrator" in results:
+        kept, fp32 = results["calibrator"], results["fp32"]
+        acc = results["per_calibrator"][kept]
+        note = results["calibration"]
+        how = (
+            f"reused cached tables for {', '.join(note['reused'])}; " if note.get("reused") else ""
+        )
+        lines.append(
+            f"INT8 Q/DQ ({kept} calibration kept on val; {how}"
+            f"{results['qdq']['quantize_linear']} QuantizeLinear): test "
+            f"{acc['test']:.2f} % vs FP32 {fp32['test']:.2f} % "
+            f"({results['data_test']['count']:,} samples)"
+        )
     if "val" in results:
         lines.append(f"validation: {headline(results['val'])}")
     if "data" in results and ("top1" in results or "miou" in results or "agreement" in results):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from quantpipe import __version__
 
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _eval_parser(sub)
     _btc_parser(sub)
+    _ptq_parsers(sub)
     run = sub.add_parser("run", help="run the stages of a config file (default: the demo)")
     run.add_argument("--config", help="TOML config (default: the built-in demo)")
     run.add_argument("--force", action="store_true", help="rerun every stage")
@@ -91,8 +94,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     _add_run_options(p)
 
 
-def _csv(kind: type) -> object:
-    def parse(text: str) -> tuple:
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
         return tuple(kind(v) for v in text.split(","))
 
     return parse
@@ -125,3 +128,42 @@ def _btc_parser(sub: argparse._SubParsersAction) -> None:
         help="affine re-tuning steps (default: 300 with --target-bits/--max-drop, else 0)",
     )
     _add_run_options(p)
+
+
+def _add_calibration_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx", help="ONNX model (default: the run's model.fp32.onnx)")
+    _add_data_options(p, required=True)
+    p.add_argument("--calib-count", type=int, default=1024, help="calib samples (default 1024)")
+    p.add_argument("--percentile", type=float, default=99.99, help="of the percentile calibrator")
+    p.add_argument("--exclude", type=_csv(str), default=(), help="node names kept in float")
+
+
+def _ptq_parsers(sub: argparse._SubParsersAction) -> None:
+    cal = sub.add_parser("calibrate", help="activation ranges per calibrator (cached tables)")
+    _add_calibration_options(cal)
+    cal.add_argument(
+        "--calibrators", type=_csv(str), default=("max", "percentile", "entropy", "mse")
+    )
+    _add_run_options(cal)
+    ptq = sub.add_parser("ptq", help="INT8 post-training quantization → Q/DQ ONNX")
+    _add_calibration_options(ptq)
+    ptq.add_argument(
+        "--calibrator", default="auto", help="auto (best on val), max, percentile, entropy or mse"
+    )
+    ptq.add_argument("--calib-cache", help="import a TensorRT calibration cache as the ranges")
+    ptq.add_argument("--eval-count", type=int, help="only the first N samples of val/test")
+    ptq.add_argument(
+        "--ort-integer-kernels",
+        action="store_true",
+        help="Q/DQ before each Relu so ONNX Runtime CPU forms integer kernels "
+        "(faster; exact only on AVX-512 VNNI CPUs, see README)",
+    )
+    _add_run_options(ptq)
+    cmp = sub.add_parser("compare", help="per-output and per-layer error between two ONNX models")
+    cmp.add_argument("reference")
+    cmp.add_argument("candidate")
+    _add_data_options(cmp, required=True)
+    cmp.add_argument("--split", default="val")
+    cmp.add_argument("--count", type=int, default=64)
+    cmp.add_argument("--top", type=int, default=15, help="rows of the per-layer table")
+    cmp.add_argument("--threads", type=int, default=0)

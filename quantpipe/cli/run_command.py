@@ -14,6 +14,7 @@ from quantpipe.stages.btc import BTC_ONNX, run_btc
 from quantpipe.stages.common import FP32_ONNX, DataRef, ModelRef
 from quantpipe.stages.evaluate import EvalConfig, run_eval
 from quantpipe.stages.export import run_export
+from quantpipe.stages.ptq import int8_name, run_ptq
 from quantpipe.stages.train import run_train
 
 
@@ -39,6 +40,10 @@ def run_stages(run: RunDir, cfg: RunConfig, force: bool, progress: bool) -> list
         done(run_export(run, model, data, cfg.export, force))
     if "btc" in cfg.stages:
         done(run_btc(run, model, data, cfg.btc, force, progress))
+    if "ptq" in cfg.stages:
+        # BTC composes: the decoded BTC model is quantized like the FP32 one.
+        for source in _onnx_sources(run, cfg):
+            done(run_ptq(run, source, data, cfg.ptq, force, progress))
     if "eval" in cfg.stages:
         for backend in cfg.eval.backends:
             ecfg = EvalConfig(backend, cfg.eval.split, cfg.eval.count)
@@ -50,7 +55,13 @@ def run_stages(run: RunDir, cfg: RunConfig, force: bool, progress: bool) -> list
     return outcomes
 
 
+def _onnx_sources(run: RunDir, cfg: RunConfig) -> list[Path]:
+    """The float ONNX models of this run: FP32, and BTC-decoded when btc runs."""
+    return [run.artifact(n) for n in [FP32_ONNX] + ([BTC_ONNX] if "btc" in cfg.stages else [])]
+
+
 def _onnx_artifacts(run: RunDir, cfg: RunConfig) -> list[Path]:
-    """Every ONNX model this run's stages produce, FP32 first."""
-    names = [FP32_ONNX] + ([BTC_ONNX] if "btc" in cfg.stages else [])
-    return [run.artifact(n) for n in names]
+    """Every ONNX model this run's stages produce, float ones first."""
+    sources = _onnx_sources(run, cfg)
+    quantized = [run.artifact(int8_name(s)) for s in sources] if "ptq" in cfg.stages else []
+    return sources + quantized

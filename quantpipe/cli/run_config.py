@@ -12,9 +12,10 @@ from quantpipe.errors import QuantpipeError
 from quantpipe.stages.btc import BtcConfig
 from quantpipe.stages.evaluate import BACKENDS
 from quantpipe.stages.export import ExportConfig
+from quantpipe.stages.ptq import PtqConfig
 from quantpipe.stages.training import TrainConfig
 
-STAGES = ("train", "export", "btc", "eval")
+STAGES = ("train", "export", "btc", "ptq", "eval")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     btc: BtcConfig = field(default_factory=BtcConfig)
+    ptq: PtqConfig = field(default_factory=PtqConfig)
     eval: EvalPlan = field(default_factory=EvalPlan)
 
     def __post_init__(self) -> None:
@@ -69,7 +71,7 @@ def _read(path: Path) -> str:
 
 
 def _build(doc: dict[str, Any], where: str) -> RunConfig:
-    _only(doc, {"run", "train", "export", "btc", "eval"}, where, "top level")
+    _only(doc, {"run", "train", "export", "btc", "ptq", "eval"}, where, "top level")
     run = dict(doc.get("run", {}))
     _only(run, {"name", "model", "data", "seed", "stages", "weights"}, where, "[run]")
     for key in ("name", "model", "data", "stages"):
@@ -81,6 +83,7 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
         train=_section(TrainConfig, doc.get("train", {}), where, "[train]"),
         export=_section(ExportConfig, doc.get("export", {}), where, "[export]"),
         btc=_section(BtcConfig, _tuples(doc.get("btc", {})), where, "[btc]"),
+        ptq=_section(PtqConfig, _tuples(doc.get("ptq", {})), where, "[ptq]"),
         eval=_section(
             EvalPlan,
             {k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("eval", {}).items()},

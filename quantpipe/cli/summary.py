@@ -59,6 +59,9 @@ def _bits_per_artifact(outcomes: list[StageOutcome]) -> dict[str, str]:
     for o in outcomes:
         if o.record.name == "btc":
             bits["btc"] = f"{o.record.results['summary']['b_eff']:.2f} eff."
+        if o.record.name.startswith("ptq"):
+            source = o.record.name.removeprefix("ptq").lstrip(".")
+            bits[f"{source}.int8.qdq" if source else "int8.qdq"] = "8 (INT8)"
     return bits
 
 

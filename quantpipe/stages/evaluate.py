@@ -77,7 +77,7 @@ def run_eval(
         )
     weights = resolve_weights(run, model.spec(), model.weights) if on_torch and model else None
     inputs = stage_inputs(model or ModelRef(""), weights, data)
-    contract = _contract(onnx_path if not on_torch else None, model)
+    contract = model_contract(onnx_path if not on_torch else None, model)
     label = f"{artifact_label(None if on_torch else onnx_path)}.{cfg.backend}"
     if onnx_path is not None and not on_torch:
         inputs["onnx"] = onnx_path
@@ -113,7 +113,8 @@ def _runner(
     return OnnxRuntimeRunner(onnx_path, OrtConfig(device, cfg.threads))  # type: ignore[arg-type]
 
 
-def _contract(onnx_path: Path | None, model: ModelRef | None) -> ModelContract:
+def model_contract(onnx_path: Path | None, model: ModelRef | None) -> ModelContract:
+    """Preprocessing, task and class count: from the ONNX metadata, else the registry."""
     if onnx_path is not None:
         meta = read_metadata(load_onnx(onnx_path))
         if "quantpipe.preprocessing" in meta:

@@ -1,0 +1,153 @@
+"""`calibrate`: activation ranges of an ONNX model on the `calib` split, one table per
+calibrator, cached in `calib/<key>.json` + `calib/<key>.trtcache`.
+
+The key covers the model's sha256, the calibrator and its parameters, and the data's
+provenance (source, split, count, seed, preprocessing): a table is reused only for the
+same model and data, and the reuse is reported.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from quantpipe.calibration import (
+    CALIBRATORS,
+    CalibrationTable,
+    CalibratorConfig,
+    CollectConfig,
+    cache_key,
+    collect_statistics,
+    compute_all,
+    file_sha256,
+    import_trt_cache,
+    load_table,
+    make_config,
+    make_table,
+    table_paths,
+    write_table,
+)
+from quantpipe.data.selection import Selection
+from quantpipe.errors import DataError, QuantpipeError
+from quantpipe.quantize import QDQConfig, plan_qdq
+
+CALIB_DIR = "calib"
+MIN_RECOMMENDED_SAMPLES = 32
+CALIBRATOR_NAMES = tuple(CALIBRATORS)
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    calibrators: tuple[str, ...] = CALIBRATOR_NAMES
+    percentile: float = 99.99
+    count: int = 1024
+    batch_size: int = 32
+    threads: int = 0
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.calibrators if c not in CALIBRATORS]
+        if unknown or not self.calibrators:
+            raise QuantpipeError(f"unknown calibrator(s) {unknown}: use {', '.join(CALIBRATORS)}")
+        if self.count < 1:
+            raise QuantpipeError(f"--calib-count must be at least 1, got {self.count}")
+        self.configs()  # validates the percentile
+
+    def configs(self) -> list[CalibratorConfig]:
+        return [_config(name, self.percentile) for name in self.calibrators]
+
+
+@dataclass
+class CalibrationResult:
+    tables: dict[str, CalibrationTable]
+    reused: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+
+
+def _config(name: str, percentile: float) -> CalibratorConfig:
+    return make_config(name, percentile=percentile) if name == "percentile" else make_config(name)
+
+
+def calibrate(
+    run_dir: Path, onnx_path: Path, calib: Selection, cfg: CalibrateConfig, progress: bool
+) -> CalibrationResult:
+    """Tables for every calibrator in `cfg`: from the cache where they match, else from
+    one statistics pass over `calib` (shared by all missing calibrators)."""
+    _warn_if_few(calib)
+    model_sha = file_sha256(onnx_path)
+    provenance = calib.provenance()
+    result = CalibrationResult({})
+    missing = []
+    for config in cfg.configs():
+        key = cache_key(model_sha, config, provenance)
+        if table_paths(run_dir / CALIB_DIR, key)[0].is_file():
+            result.tables[config.name] = load_table(run_dir / CALIB_DIR, key, model_sha)
+            result.reused.append(config.name)
+        else:
+            missing.append(config)
+    if missing:
+        amaxes = _collect(onnx_path, calib, missing, cfg, progress)
+        for config in missing:
+            table = make_table(model_sha, config, provenance, amaxes[config])
+            write_table(run_dir / CALIB_DIR, table)
+            result.tables[config.name] = table
+            result.computed.append(config.name)
+    return result
+
+
+def _collect(
+    onnx_path: Path,
+    calib: Selection,
+    configs: list[CalibratorConfig],
+    cfg: CalibrateConfig,
+    progress: bool,
+) -> dict[CalibratorConfig, dict[str, float]]:
+    model = onnx.load(str(onnx_path))
+    tensors = plan_qdq(model, QDQConfig(exclude=cfg.exclude)).calibration_tensors
+    input_name = model.graph.input[0].name
+    stats = collect_statistics(
+        model,
+        _feeds(calib, input_name, cfg.batch_size),
+        tensors,
+        CollectConfig(threads=cfg.threads, progress=progress),
+    )
+    return {c: dict(a) for c, a in compute_all(stats, configs).items()}
+
+
+def _feeds(calib: Selection, input_name: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    for x, _ in calib.batches(batch_size):
+        yield {input_name: x}
+
+
+def _warn_if_few(calib: Selection) -> None:
+    if len(calib) < MIN_RECOMMENDED_SAMPLES:
+        print(
+            f"quantpipe: warning: only {len(calib)} calibration samples (fewer than "
+            f"{MIN_RECOMMENDED_SAMPLES}); ranges will be noisy",
+            file=sys.stderr,
+        )
+
+
+def imported_table(path: Path, onnx_path: Path, cfg: CalibrateConfig) -> CalibrationTable:
+    """A TensorRT calibration cache from an earlier pipeline, checked against the model."""
+    if not path.is_file():
+        raise DataError(f"calibration cache not found: {path} (from --calib-cache)")
+    amax = import_trt_cache(path)
+    tensors = plan_qdq(
+        onnx.load(str(onnx_path)), QDQConfig(exclude=cfg.exclude)
+    ).calibration_tensors
+    missing = [t for t in tensors if t not in amax]
+    if missing:
+        raise QuantpipeError(
+            f"calibration cache {path} has no range for {len(missing)} tensor(s) of {onnx_path} "
+            f"(e.g. {', '.join(missing[:3])}): it was made for another model"
+        )
+    config = make_config("max")
+    provenance: dict[str, Any] = {"imported_trt_cache": str(path), "sha256": file_sha256(path)}
+    return make_table(file_sha256(onnx_path), config, provenance, {t: amax[t] for t in tensors})
