@@ -73,26 +73,21 @@ def cmd_ptq(args: argparse.Namespace) -> int:
 
 
 def ptq_table(results: dict[str, Any]) -> str:
-    """All calibrators side by side: val (selection) and test (report) accuracy."""
+    """All calibrators side by side: val (selection) and test (report) figures."""
     fp32 = results["fp32"]
-    rows = [("FP32", f"{fp32['val']:.2f}", f"{fp32['test']:.2f}", "", "")]
+    rows = [("FP32", f"{fp32['val']:.2f}", "0", f"{fp32['test']:.2f}", "", "")]
     for name, acc in results["per_calibrator"].items():
-        mark = "← kept" if name == results["calibrator"] else ""
-        rows.append(
-            (
-                f"INT8 {name}",
-                f"{acc['val']:.2f}",
-                f"{acc['test']:.2f}",
-                f"{acc['test'] - fp32['test']:+.2f}",
-                mark,
-            )
-        )
+        kept = "← kept (lowest val KL)" if name == results["calibrator"] else ""
+        kl = f"{acc['val_kl']:.2e}" if "val_kl" in acc else "-"
+        delta = f"{acc['test'] - fp32['test']:+.2f}"
+        rows.append((f"INT8 {name}", f"{acc['val']:.2f}", kl, f"{acc['test']:.2f}", delta, kept))
     d = results["data_test"]
     note = (
         f"Accuracy (%, headline metric) on {d['dataset']} val/test splits; test = {d['count']:,} "
         f"samples ({d['path']}). Calibration: {_calibration_note(results['calibration'])}."
     )
-    return format_table(("model", "val", "test", "test Δ", ""), rows) + "\n" + note
+    headers = ("model", "val acc", "val KL vs FP32", "test acc", "test Δ", "")
+    return format_table(headers, rows) + "\n" + note
 
 
 def _calibration_note(note: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ def print_summary(run: RunDir, cfg: RunConfig, outcomes: list[StageOutcome]) -> 
         r = o.record
         if not r.name.startswith("eval."):
             continue
-        artifact, backend = r.name.removeprefix("eval.").split(".", 1)
+        artifact, backend = r.name.removeprefix("eval.").rsplit(".", 1)
         size = _size(run, artifact)
         rows.append(
             (
@@ -61,7 +61,7 @@ def _bits_per_artifact(outcomes: list[StageOutcome]) -> dict[str, str]:
             bits["btc"] = f"{o.record.results['summary']['b_eff']:.2f} eff."
         if o.record.name.startswith("ptq"):
             source = o.record.name.removeprefix("ptq").lstrip(".")
-            bits[f"{source}.int8.qdq" if source else "int8.qdq"] = "8 (INT8)"
+            bits[f"{source}.int8.qdq" if source else "int8.qdq"] = f"8{' of BTC' if source else ''}"
     return bits
 
 

@@ -1,8 +1,9 @@
 """`ptq`: INT8 post-training quantization → an explicitly quantized (Q/DQ) ONNX model.
 
 Every requested calibrator's table is computed from one statistics pass (or read from
-the cache); `--calibrator auto` quantizes with each, keeps the best on the `val` split,
-and reports all of them on the disjoint `test` split.
+the cache); `--calibrator auto` quantizes with each, keeps the one whose outputs on the
+`val` split are closest to the input model's (KL divergence), and reports all of them
+on the disjoint `test` split.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from quantpipe.data.selection import Selection, select
 from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner, OrtConfig
 from quantpipe.errors import QuantpipeError
 from quantpipe.evaluate.evaluate import EvalSetup, evaluate
+from quantpipe.evaluate.fidelity import output_kl
 from quantpipe.export.onnx_export import load_onnx
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext, StageOutcome, run_stage
@@ -91,8 +93,8 @@ def run_ptq(
         )
         source = load_onnx(onnx_path)
         with tempfile.TemporaryDirectory(dir=run.path) as tmp:
-            scored = _score_all(source, tables, cfg, Path(tmp), (val, test), contract)
-            best = max(scored, key=lambda k: scored[k]["val"])
+            scored = _score_all(source, tables, cfg, Path(tmp), (val, test), contract, onnx_path)
+            best = min(scored, key=lambda k: scored[k]["val_kl"])
             result = _quantize(source, tables[best], cfg)
         quantized = result.model
         out = ctx.output(int8_name(onnx_path))
@@ -137,12 +139,18 @@ def _score_all(
     tmp: Path,
     splits: tuple[Selection, Selection],
     contract: ModelContract,
+    reference: Path,
 ) -> dict[str, dict[str, float]]:
+    """Per calibrator: val and test accuracy, and the val KL divergence from the input
+    model's outputs, by which `auto` chooses (see evaluate/fidelity.py for why)."""
     scored = {}
     for name, table in tables.items():
         path = tmp / f"{name}.onnx"
         onnx.save(_quantize(source, table, cfg).model, str(path))
         scored[name] = {s.split: _accuracy(path, s, contract, cfg.threads) for s in splits}
+        ort_cfg = OrtConfig(threads=cfg.threads)
+        with OnnxRuntimeRunner(reference, ort_cfg) as ref, OnnxRuntimeRunner(path, ort_cfg) as cand:
+            scored[name]["val_kl"] = output_kl(ref, cand, splits[0])
     return scored
 
 

@@ -1,0 +1,33 @@
+"""How far a compressed model's outputs are from the reference's, independent of labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantpipe.data.selection import Selection
+from quantpipe.engines.base import Runner
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def output_kl(
+    reference: Runner, candidate: Runner, data: Selection, batch_size: int = 256
+) -> float:
+    """Mean KL(softmax(reference) ‖ softmax(candidate)) per sample (per pixel for dense
+    outputs), in nats. Both runners must be active.
+
+    Why: choosing among near-identical quantized models by accuracy on a few thousand
+    labels is mostly label noise (a handful of flips); the KL divergence measures the
+    damage itself on every sample.
+    """
+    total, count = 0.0, 0
+    for x, _ in data.batches(batch_size):
+        p = _log_softmax(next(iter(reference.infer({reference.input_names[0]: x}).values())))
+        q = _log_softmax(next(iter(candidate.infer({candidate.input_names[0]: x}).values())))
+        kl = (np.exp(p) * (p - q)).sum(axis=1)
+        total += float(kl.sum())
+        count += kl.size
+    return total / max(count, 1)
