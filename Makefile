@@ -17,7 +17,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc ptq bench bench-btc bench-ptq models datasets backends clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,23 @@ export: setup
 
 eval: setup
 	$(QP) eval $(STAGE_ARGS) --data $(DATA) --split $(SPLIT) --backend $(BACKEND)
+
+btc: setup
+	$(QP) btc $(STAGE_ARGS) --data $(DATA)
+
+ptq: setup
+	$(QP) ptq $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
+
+# Benchmarks print a table and write JSON to bench-results/ (never run by make test).
+bench: bench-btc bench-ptq
+
+bench-btc: setup
+	mkdir -p bench-results
+	$(BIN)/python tests/bench/bench_btc.py --out bench-results/bench-btc.json
+
+bench-ptq: setup
+	mkdir -p bench-results
+	$(BIN)/python tests/bench/bench_ptq.py --out bench-results/bench-ptq.json
 
 models datasets backends: setup
 	$(QP) $@
