@@ -35,6 +35,7 @@ def run_train(
         x, y = train.arrays()
         if y is None:
             raise QuantpipeError(f"data {data.spec} has no labels to train on")
+        torch.manual_seed(data.seed)  # the initial weights are part of the result
         net = spec.build()
         stats = fit(net, x, y, cfg, data.seed, progress)
         val = select(dataset, "val", spec.preprocessing, data.seed)

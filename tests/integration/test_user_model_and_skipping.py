@@ -90,3 +90,24 @@ def test_same_stage_twice_is_skipped_and_a_parameter_change_reruns(tmp_path: Pat
     assert main([*argv[:6], "12", *argv[7:]]) == 0  # --epochs 12
     assert "train: done in" in capsys.readouterr().out
     assert _results(tmp_path / "run", "train")["val"]["top1"] > 90.0
+
+
+def test_training_is_reproducible(tmp_path: Path) -> None:
+    """Same seed, same data → bit-identical weights (initialisation included)."""
+    weights = []
+    for name in ("a", "b"):
+        argv = [
+            "train",
+            "--model",
+            "digits-mlp",
+            "--data",
+            "digits",
+            "--epochs",
+            "2",
+            "--run-dir",
+            str(tmp_path / name),
+            "--quiet",
+        ]
+        assert main(argv) == 0
+        weights.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
