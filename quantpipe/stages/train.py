@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import torch
@@ -43,7 +44,11 @@ def run_train(
             val_result = evaluate(
                 runner, val, EvalSetup(spec.task, spec.num_classes, progress=progress)
             )
-        torch.save(net.state_dict(), ctx.output(TRAINED_WEIGHTS))
+        # Saved through a buffer: torch.save names the archive after the (temporary, random)
+        # file name, which would make identical weights hash differently run to run.
+        buffer = io.BytesIO()
+        torch.save(net.state_dict(), buffer)
+        ctx.output(TRAINED_WEIGHTS).write_bytes(buffer.getvalue())
         return {**stats, "train_samples": len(train), "val": val_result}
 
     return run_stage(run, "train", stage_inputs(model, None, data), params, body, force)

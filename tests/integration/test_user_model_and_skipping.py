@@ -109,5 +109,5 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
             "--quiet",
         ]
         assert main(argv) == 0
-        weights.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+        weights.append((tmp_path / name / "model.pt").read_bytes())
+    assert weights[0] == weights[1]  # byte for byte, so the manifest sha256 repeats too
