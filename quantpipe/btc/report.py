@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantpipe.cli.table import format_table
+from quantpipe.text_table import format_table
 
 
 def btc_table(results: dict[str, Any], model: str) -> str:

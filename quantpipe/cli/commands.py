@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from quantpipe.btc.report import btc_table
-from quantpipe.cli.table import format_table
 from quantpipe.data.registry import DATASETS
 from quantpipe.engines.registry import list_backends
 from quantpipe.evaluate.evaluate import headline
@@ -19,6 +18,7 @@ from quantpipe.stages.common import FP32_ONNX, DataRef, ModelRef, default_run_na
 from quantpipe.stages.evaluate import EvalConfig, run_eval
 from quantpipe.stages.export import ExportConfig, run_export
 from quantpipe.stages.train import TrainConfig, run_train
+from quantpipe.text_table import format_table
 
 
 def cmd_models(_: argparse.Namespace) -> int:

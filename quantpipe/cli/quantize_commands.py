@@ -6,14 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from quantpipe.cli.commands import open_run, report
-from quantpipe.cli.table import format_table
 from quantpipe.data.selection import select
 from quantpipe.quantize import compare_models
 from quantpipe.stages.calibrate import CALIB_DIR, CalibrateConfig, calibrate
 from quantpipe.stages.common import FP32_ONNX, DataRef
 from quantpipe.stages.evaluate import model_contract
 from quantpipe.stages.ptq import PtqConfig, run_ptq
+from quantpipe.text_table import format_table
 
 
 def _onnx_path(args: argparse.Namespace, run_path: Path) -> Path:
@@ -106,8 +108,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ref, cand = Path(args.reference), Path(args.candidate)
     pre = model_contract(ref, None).preprocessing
     sel = select(data.open(), args.split, pre, data.seed, args.count)
-    import onnx
-
     input_name = onnx.load(str(ref), load_external_data=False).graph.input[0].name
     feeds = ({input_name: x} for x, _ in sel.batches(32))
     result = compare_models(ref, cand, feeds, threads=args.threads)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from quantpipe.cli.run_config import RunConfig
-from quantpipe.cli.table import format_table
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageOutcome
 from quantpipe.stages.btc import BTC_CONTAINER
 from quantpipe.stages.common import FP32_ONNX, TRAINED_WEIGHTS
+from quantpipe.text_table import format_table
 
 # The file that is the deliverable of each artifact (what its size means).
 ARTIFACT_FILES = {"fp32": FP32_ONNX, "pytorch": TRAINED_WEIGHTS, "btc": BTC_CONTAINER}
