@@ -85,7 +85,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    cfg = EvalConfig(args.backend, args.split, args.count, args.batch_size, args.threads)
+    cfg = EvalConfig(
+        args.backend, args.split, args.count, args.batch_size, args.threads, args.reference
+    )
     model = model_ref(args) if args.model else None
     hint = args.model or (Path(args.onnx).name.split(".")[0] if args.onnx else "run")
     with open_run(args, hint) as run:

@@ -90,6 +90,11 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", default="test", help="train, calib, val, test or all (default test)")
     p.add_argument("--count", type=int, help="only the first N samples of the split")
+    p.add_argument(
+        "--reference",
+        help="for unlabelled data: FP32 ONNX whose arg-max is the "
+        "truth (default: the run's model.fp32.onnx)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     _add_run_options(p)
 

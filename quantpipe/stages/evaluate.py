@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from quantpipe.models.spec import Preprocessing
 from quantpipe.pipeline.atomic import atomic_path
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext, StageOutcome, run_stage
-from quantpipe.stages.common import DataRef, ModelRef, resolve_weights, stage_inputs
+from quantpipe.stages.common import FP32_ONNX, DataRef, ModelRef, resolve_weights, stage_inputs
 
 BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "torch-cpu", "torch-cuda")
 
@@ -31,6 +32,9 @@ class EvalConfig:
     count: int | None = None
     batch_size: int = 256
     threads: int = 0
+    # For data without labels: the model whose arg-max counts as the truth (agreement).
+    # Default: the run's model.fp32.onnx.
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -81,6 +85,8 @@ def run_eval(
     label = f"{artifact_label(None if on_torch else onnx_path)}.{cfg.backend}"
     if onnx_path is not None and not on_torch:
         inputs["onnx"] = onnx_path
+    if cfg.reference:
+        inputs["reference"] = Path(cfg.reference)
     params = {
         **asdict(cfg),
         "data": data.spec,
@@ -93,14 +99,27 @@ def run_eval(
         selection = select(data.open(), cfg.split, contract.preprocessing, data.seed, cfg.count)
         runner = _runner(cfg, onnx_path, model, weights)
         setup = EvalSetup(contract.task, contract.num_classes, cfg.batch_size, progress)
-        with runner:
-            result = evaluate(runner, selection, setup)  # type: ignore[arg-type]
+        reference = None if selection.labels is not None else _reference(run, cfg)
+        with runner, contextlib.ExitStack() as stack:
+            if reference is not None:
+                stack.enter_context(reference)
+            result = evaluate(runner, selection, setup, reference)  # type: ignore[arg-type]
         result["provenance"] = selection.provenance()
         with atomic_path(ctx.output(f"eval/{label}.json")) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
         return result
 
     return run_stage(run, f"eval.{label}", inputs, params, body, force)
+
+
+def _reference(run: RunDir, cfg: EvalConfig) -> OnnxRuntimeRunner:
+    path = Path(cfg.reference) if cfg.reference else run.artifact(FP32_ONNX)
+    if not path.is_file():
+        raise QuantpipeError(
+            f"the data has no labels, so accuracy is agreement with a reference model, and "
+            f"{path} does not exist: pass --reference FP32.onnx"
+        )
+    return OnnxRuntimeRunner(path, OrtConfig(threads=cfg.threads))
 
 
 def _runner(

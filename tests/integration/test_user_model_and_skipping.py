@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from quantpipe.cli import main
+from quantpipe.models.registry import MODELS
 
 USER_MODEL = """
 from torch import nn
@@ -111,3 +113,21 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
         assert main(argv) == 0
         weights.append((tmp_path / name / "model.pt").read_bytes())
     assert weights[0] == weights[1]  # byte for byte, so the manifest sha256 repeats too
+
+
+def test_unlabelled_data_is_scored_as_agreement_with_the_fp32_model(tmp_path: Path, capsys) -> None:
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save(MODELS["digits-mlp"].build().state_dict(), weights)
+    run = ["--run-dir", str(tmp_path / "run"), "--quiet"]
+    assert main(["export", "--model", "digits-mlp", "--weights", str(weights), *run]) == 0
+    x = np.random.default_rng(0).integers(0, 256, (64, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "nolabels.npz", x=x)
+    data = ["--data", f"npz:{tmp_path / 'nolabels.npz'}", "--split", "all"]
+    assert main(["eval", *data, *run]) == 0
+    result = _results(tmp_path / "run", "eval.fp32.onnxruntime-cpu")
+    assert result["agreement"] == 100.0 and result["samples"] == 64  # the FP32 model itself
+    assert (
+        main(["eval", *data, "--reference", str(tmp_path / "missing.onnx"), "--force", *run]) == 2
+    )
+    assert "missing.onnx" in capsys.readouterr().err
