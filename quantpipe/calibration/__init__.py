@@ -11,7 +11,6 @@ Typical use (one pass over the data serves every calibrator)::
 from quantpipe.calibration.cache import (
     CalibrationTable,
     cache_key,
-    file_sha256,
     format_trt_cache,
     import_trt_cache,
     load_table,
@@ -51,7 +50,6 @@ __all__ = [
     "cache_key",
     "collect_statistics",
     "compute_all",
-    "file_sha256",
     "format_trt_cache",
     "import_trt_cache",
     "load_table",

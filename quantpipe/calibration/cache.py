@@ -69,15 +69,6 @@ class CalibrationTable:
     amax: Mapping[str, float] = field(default_factory=dict)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_key(model_sha256: str, config: CalibratorConfig, provenance: Mapping[str, Any]) -> str:
     """Short hex sha256 of (model sha, calibrator name and parameters, data provenance).
 

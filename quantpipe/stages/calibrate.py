@@ -25,7 +25,6 @@ from quantpipe.calibration import (
     cache_key,
     collect_statistics,
     compute_all,
-    file_sha256,
     import_trt_cache,
     load_table,
     make_config,
@@ -35,6 +34,7 @@ from quantpipe.calibration import (
 )
 from quantpipe.data.selection import Selection
 from quantpipe.errors import DataError, QuantpipeError
+from quantpipe.pipeline.hashing import sha256_file
 from quantpipe.quantize import QDQConfig, plan_qdq
 
 CALIB_DIR = "calib"
@@ -80,7 +80,7 @@ def calibrate(
     """Tables for every calibrator in `cfg`: from the cache where they match, else from
     one statistics pass over `calib` (shared by all missing calibrators)."""
     _warn_if_few(calib)
-    model_sha = file_sha256(onnx_path)
+    model_sha = sha256_file(onnx_path)
     provenance = calib.provenance()
     result = CalibrationResult({})
     missing = []
@@ -149,5 +149,5 @@ def imported_table(path: Path, onnx_path: Path, cfg: CalibrateConfig) -> Calibra
             f"(e.g. {', '.join(missing[:3])}): it was made for another model"
         )
     config = make_config("max")
-    provenance: dict[str, Any] = {"imported_trt_cache": str(path), "sha256": file_sha256(path)}
-    return make_table(file_sha256(onnx_path), config, provenance, {t: amax[t] for t in tensors})
+    provenance: dict[str, Any] = {"imported_trt_cache": str(path), "sha256": sha256_file(path)}
+    return make_table(sha256_file(onnx_path), config, provenance, {t: amax[t] for t in tensors})

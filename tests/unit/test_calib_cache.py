@@ -15,13 +15,13 @@ from quantpipe.calibration import (
     MseConfig,
     PercentileConfig,
     cache_key,
-    file_sha256,
     import_trt_cache,
     load_table,
     make_table,
     write_table,
 )
 from quantpipe.errors import CorruptArtifactError, QuantpipeError
+from quantpipe.pipeline.hashing import sha256_file
 
 SHA = "a" * 64
 OTHER_SHA = "b" * 64
@@ -203,7 +203,7 @@ def test_table_under_another_key_is_refused(tmp_path: Path) -> None:
         load_table(tmp_path, table.key, SHA)
 
 
-def test_file_sha256(tmp_path: Path) -> None:
+def test_sha256_file(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(b"abc")
-    assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
