@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,10 @@ class Selection:
             "preprocessing": self.preprocessing.to_dict(),
         }
 
+    def head(self, count: int) -> Selection:
+        """The first `count` samples (the split order is class-interleaved, so balanced)."""
+        return dataclasses.replace(self, indices=self.indices[:count])
+
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yield (inputs N×C×H×W float32, labels or None) in split order."""
         labels = self.source.labels
@@ -78,10 +83,9 @@ def select(
 ) -> Selection:
     """Pick a named split (first `count` samples of it, if given) for a model's preprocessing."""
     pool, indices = split_indices(dataset.pools, split, seed)
-    if count is not None:
-        if count < 1:
-            raise DataError(f"sample count must be at least 1, got {count}")
-        indices = indices[:count]
+    if count is not None and count < 1:
+        raise DataError(f"sample count must be at least 1, got {count}")
     if len(indices) == 0:
         raise DataError(f"split {split!r} of {dataset.kind} is empty ({dataset.path})")
-    return Selection(dataset, split, seed, pool, indices, preprocessing)
+    selection = Selection(dataset, split, seed, pool, indices, preprocessing)
+    return selection if count is None else selection.head(count)

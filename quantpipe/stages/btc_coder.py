@@ -87,7 +87,7 @@ class Coder:
 
     def importance(self) -> dict[str, np.ndarray]:
         if self._importance is None:
-            data = _head(self.calib, IMPORTANCE_SAMPLES)
+            data = self.calib.head(IMPORTANCE_SAMPLES)
             self._importance = fisher_importance(copy.deepcopy(self.net), data, self.names)
         return self._importance
 
@@ -168,9 +168,3 @@ def baselines(coder: Coder, test: Selection) -> dict[str, Any]:
             ),
         }
     return out
-
-
-def _head(data: Selection, count: int) -> Selection:
-    return Selection(
-        data.dataset, data.split, data.seed, data.pool, data.indices[:count], data.preprocessing
-    )
