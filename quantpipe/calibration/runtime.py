@@ -24,6 +24,10 @@ _ORT_TYPES = {
     "tensor(int8)": np.int8,
     "tensor(bool)": np.bool_,
 }
+# ONNX Runtime session option: keep QuantizeLinear/DequantizeLinear as separate ops instead of
+# fusing DQ -> op -> Q into integer kernels; the ops then run in float on dequantized values,
+# which is exact Q/DQ arithmetic (what TensorRT's INT8 kernels compute, up to rounding).
+DISABLE_QDQ_FUSIONS = "session.disable_quant_qdq"
 # Protobuf's hard limit; larger models go through a temporary file with external data.
 _MAX_PROTO_BYTES = 2**31 - 1
 
@@ -59,12 +63,15 @@ def with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelPr
     return augmented
 
 
-def make_session(model: onnx.ModelProto, threads: int) -> Any:
+def make_session(model: onnx.ModelProto, threads: int, qdq_fusions: bool = True) -> Any:
+    """A CPU session; ``qdq_fusions=False`` runs Q/DQ models in exact Q/DQ arithmetic."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if not qdq_fusions:
+        options.add_session_config_entry(DISABLE_QDQ_FUSIONS, "1")
     providers = ["CPUExecutionProvider"]
     if model.ByteSize() < _MAX_PROTO_BYTES:
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)

@@ -150,19 +150,15 @@ def _ptq_parsers(sub: argparse._SubParsersAction) -> None:
         "--calibrators", type=_csv(str), default=("max", "percentile", "entropy", "mse")
     )
     _add_run_options(cal)
-    ptq = sub.add_parser("ptq", help="INT8 post-training quantization → Q/DQ ONNX")
+    ptq = sub.add_parser(
+        "ptq", help="INT8 post-training quantization → Q/DQ ONNX (+ its ONNX Runtime CPU build)"
+    )
     _add_calibration_options(ptq)
     ptq.add_argument(
         "--calibrator", default="auto", help="auto (best on val), max, percentile, entropy or mse"
     )
     ptq.add_argument("--calib-cache", help="import a TensorRT calibration cache as the ranges")
     ptq.add_argument("--eval-count", type=int, help="only the first N samples of val/test")
-    ptq.add_argument(
-        "--ort-integer-kernels",
-        action="store_true",
-        help="Q/DQ before each Relu so ONNX Runtime CPU forms integer kernels "
-        "(faster; exact only on AVX-512 VNNI CPUs, see README)",
-    )
     _add_run_options(ptq)
     cmp = sub.add_parser("compare", help="per-output and per-layer error between two ONNX models")
     cmp.add_argument("reference")

@@ -58,7 +58,6 @@ def cmd_ptq(args: argparse.Namespace) -> int:
         args.calib_cache,
         args.eval_count,
         args.threads,
-        args.ort_integer_kernels,
     )
     with open_run(args, _hint(args)) as run:
         outcome = run_ptq(
@@ -83,13 +82,32 @@ def ptq_table(results: dict[str, Any]) -> str:
         kl = f"{acc['val_kl']:.2e}" if "val_kl" in acc else "-"
         delta = f"{acc['test'] - fp32['test']:+.2f}"
         rows.append((f"INT8 {name}", f"{acc['val']:.2f}", kl, f"{acc['test']:.2f}", delta, kept))
+    ort = results.get("ort_cpu")
+    if ort:
+        delta = f"{ort['test'] - fp32['test']:+.2f}"
+        rows.append(("INT8 ONNX Runtime CPU build", "", "", f"{ort['test']:.2f}", delta, ""))
     d = results["data_test"]
     note = (
         f"Accuracy (%, headline metric) on {d['dataset']} val/test splits; test = {d['count']:,} "
         f"samples ({d['path']}). Calibration: {_calibration_note(results['calibration'])}."
     )
+    if ort:
+        portable, build = _kernel_note(ort["portable_kernels"]), _kernel_note(ort["kernels"])
+        note += f"\nONNX Runtime CPU: the Q/DQ model {portable};\n  its CPU build {build}."
     headers = ("model", "val acc", "val KL vs FP32", "test acc", "test Δ", "")
     return format_table(headers, rows) + "\n" + note
+
+
+def _kernel_note(kernels: dict[str, dict[str, int]]) -> str:
+    """'runs integer kernels: 20 QLinearConv, 8 QLinearAdd; float: 1 Gemm; conversions: ...'"""
+
+    def listed(ops: dict[str, int]) -> str:
+        return ", ".join(f"{n} {op}" for op, n in ops.items()) or "none"
+
+    return (
+        f"runs integer kernels: {listed(kernels['integer'])}; float: {listed(kernels['float'])}; "
+        f"Q/DQ conversions: {listed(kernels['conversions'])}"
+    )
 
 
 def _calibration_note(note: dict[str, Any]) -> str:

@@ -63,5 +63,6 @@ def _onnx_sources(run: RunDir, cfg: RunConfig) -> list[Path]:
 def _onnx_artifacts(run: RunDir, cfg: RunConfig) -> list[Path]:
     """Every ONNX model this run's stages produce, float ones first."""
     sources = _onnx_sources(run, cfg)
-    quantized = [run.artifact(int8_name(s)) for s in sources] if "ptq" in cfg.stages else []
+    builds = ("qdq", "ort") if "ptq" in cfg.stages else ()
+    quantized = [run.artifact(int8_name(s, b)) for s in sources for b in builds]
     return sources + quantized

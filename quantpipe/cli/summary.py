@@ -61,7 +61,9 @@ def _bits_per_artifact(outcomes: list[StageOutcome]) -> dict[str, str]:
             bits["btc"] = f"{o.record.results['summary']['b_eff']:.2f} eff."
         if o.record.name.startswith("ptq"):
             source = o.record.name.removeprefix("ptq").lstrip(".")
-            bits[f"{source}.int8.qdq" if source else "int8.qdq"] = f"8{' of BTC' if source else ''}"
+            for build in ("qdq", "ort"):
+                name = f"{source}.int8.{build}" if source else f"int8.{build}"
+                bits[name] = f"8{' of BTC' if source else ''}"
     return bits
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from quantpipe.calibration.runtime import DISABLE_QDQ_FUSIONS
 from quantpipe.engines.base import RunnerContext
 from quantpipe.errors import QuantpipeError
 
@@ -16,8 +17,13 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 @dataclass(frozen=True)
 class OrtConfig:
+    """device: cpu or cuda; threads: intra-op threads, 0 for ONNX Runtime's default (one per
+    physical core); qdq_fusions: False runs a Q/DQ model in exact Q/DQ arithmetic (float ops
+    on dequantized values) instead of ONNX Runtime's integer kernels."""
+
     device: str = "cpu"
-    threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    threads: int = 0
+    qdq_fusions: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in PROVIDERS:
@@ -43,6 +49,8 @@ class OnnxRuntimeRunner(RunnerContext):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.threads
         options.inter_op_num_threads = 1
+        if not self.config.qdq_fusions:
+            options.add_session_config_entry(DISABLE_QDQ_FUSIONS, "1")
         try:
             self._session = ort.InferenceSession(
                 str(self.model_path), options, providers=[provider]

@@ -1,4 +1,4 @@
-"""Where Q/DQ pairs go: TensorRT's placement rules, made to suit ONNX Runtime's fusions too.
+"""Where Q/DQ pairs go: TensorRT's placement rules.
 
 Rules (TensorRT "Q/DQ layer-placement recommendations"):
 
@@ -12,11 +12,10 @@ Rules (TensorRT "Q/DQ layer-placement recommendations"):
    Squeeze/Unsqueeze/Transpose, is a quantized input); otherwise they stay float.
    MaxPool and the shape ops keep their input's scale (ONNX Runtime only drops a DQ -> op -> Q
    whose scales match; max and reshaping commute with quantization anyway).
-4. ``quantize_before_relu``: a quantized op whose only consumer is a Relu with a quantized
-   output also gets a Q/DQ between op and Relu, with the Relu output's scale. With zero
-   point 0 this is exact (relu(dq(q(x))) == dq(q(relu(x)))), and it gives ONNX Runtime the
-   DQ -> Conv -> Q pattern it needs to form QLinearConv/QLinearAdd; without it ONNX Runtime
-   runs those Conv in float (resnet18: see quantpipe.quantize.qdq). TensorRT fuses it.
+
+What ONNX Runtime's CPU kernels need on top (UINT8 after each Relu, one Q per tensor) is
+`quantpipe.quantize.ort_cpu`'s rewrite of the finished model, not a placement rule: the
+portable model stays what TensorRT expects.
 
 Nothing is placed after the graph outputs, nodes named in ``exclude`` stay float, and every
 other computing op stays float and is listed in the plan's ``float_nodes``.
@@ -50,12 +49,10 @@ class QDQConfig:
     Attributes:
         per_channel: per-output-channel weight scales (else one scale per weight tensor).
         exclude: names of nodes kept in float.
-        quantize_before_relu: rule 4 above (for ONNX Runtime CPU speed; exact).
     """
 
     per_channel: bool = True
     exclude: tuple[str, ...] = ()
-    quantize_before_relu: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.exclude, tuple | list) or not all(
@@ -63,11 +60,8 @@ class QDQConfig:
         ):
             raise QuantpipeError(f"exclude={self.exclude!r}: allowed values are node-name lists")
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        for name in ("per_channel", "quantize_before_relu"):
-            if not isinstance(getattr(self, name), bool):
-                raise QuantpipeError(
-                    f"{name}={getattr(self, name)!r}: allowed values are True/False"
-                )
+        if not isinstance(self.per_channel, bool):
+            raise QuantpipeError(f"per_channel={self.per_channel!r}: allowed values are True/False")
 
 
 @dataclass(frozen=True)
@@ -130,7 +124,6 @@ class _Planner:
         self.edges: dict[str, set[tuple[str, int]]] = {}  # tensor -> quantized (node, slot)
         self.weights: list[WeightQuant] = []
         self.float_nodes: list[FloatNode] = []
-        self.borrowed: dict[str, str] = {}  # before-relu tensor -> the Relu output it copies
 
     def plan(self) -> QDQPlan:
         nodes = list(self.g.graph.node)
@@ -138,9 +131,6 @@ class _Planner:
             self._weighted_and_add(node)
         for node in reversed(nodes):  # downstream first: Pool -> Concat -> Conv chains
             self._passthrough(node)
-        if self.config.quantize_before_relu:
-            for node in nodes:
-                self._before_relu(node)
         self._list_float(nodes)
         return QDQPlan(self._activations(nodes), self.weights, self.float_nodes)
 
@@ -198,33 +188,8 @@ class _Planner:
             if use.node.op_type in SHAPE_OPS:
                 self._quantize_chain(use.node.output[0])
 
-    def _before_relu(self, node: onnx.NodeProto) -> None:
-        if self._excluded(node) or not self._inputs_quantized(node):
-            return
-        out = node.output[0]
-        uses = self.g.consumers(out)
-        if len(uses) != 1 or out in self.g.outputs:
-            return
-        relu = uses[0].node
-        if relu.op_type != "Relu" or self._excluded(relu) or relu.output[0] not in self.edges:
-            return
-        self._quantize(out, uses[0])
-        self.borrowed[out] = relu.output[0]
-
-    def _inputs_quantized(self, node: onnx.NodeProto) -> bool:
-        """Whether ``node`` reads its activation inputs in INT8 (a weighted op or an Add)."""
-        if node.op_type in WEIGHTED_OPS:
-            slots = [0]
-        elif node.op_type == "Add":
-            slots = [0, 1]
-        else:
-            return False
-        return all((node.name, k) in self.edges.get(node.input[k], set()) for k in slots)
-
     def _amax_source(self, tensor: str) -> str:
-        """Tensor whose amax sets ``tensor``'s scale (see rules 3 and 4)."""
-        if tensor in self.borrowed:
-            return self._amax_source(self.borrowed[tensor])
+        """Tensor whose amax sets ``tensor``'s scale (see rule 3)."""
         node = self.g.producer.get(tensor)
         carries = node is not None and (node.op_type in SHAPE_OPS or node.op_type == "MaxPool")
         if node is not None and carries and node.input[0] in self.edges:

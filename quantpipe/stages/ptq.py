@@ -4,6 +4,10 @@ Every requested calibrator's table is computed from one statistics pass (or read
 the cache); `--calibrator auto` quantizes with each, keeps the one whose outputs on the
 `val` split are closest to the input model's (KL divergence), and reports all of them
 on the disjoint `test` split.
+
+Two artifacts: the portable INT8 Q/DQ model (what TensorRT builds from; ONNX Runtime runs
+it too, partly in float) and its ONNX Runtime CPU build (same scales, UINT8 after Relus,
+see quantpipe.quantize.ort_cpu), which is what a CPU host should serve.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from quantpipe.export.onnx_export import load_onnx
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext, StageOutcome, run_stage
 from quantpipe.quantize import QDQConfig, QDQResult, quantize_qdq
+from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
 from quantpipe.stages.calibrate import CalibrateConfig, calibrate, imported_table
 from quantpipe.stages.common import DataRef, ModelRef, stage_inputs
 from quantpipe.stages.evaluate import ModelContract, artifact_label, model_contract
@@ -41,12 +46,6 @@ class PtqConfig:
     calib_cache: str | None = None
     eval_count: int | None = None
     threads: int = 0
-    # A Q/DQ between each quantized op and its Relu lets ONNX Runtime form QLinearConv
-    # (about 2× faster on CPU), but on CPUs without AVX-512 VNNI its u8s8 kernels
-    # saturate: measured on cifar10-resnet20 (AVX2 CPU), top-1 79.62 % with it against
-    # 81.40 % without (81.25 % for the same Q/DQ graph with ORT's fusions off). TensorRT
-    # fuses Conv+ReLU itself and needs neither, so accuracy wins by default.
-    ort_integer_kernels: bool = False
 
     def __post_init__(self) -> None:
         if self.calibrator != "auto" and self.calibrator not in CALIBRATORS:
@@ -62,13 +61,16 @@ class PtqConfig:
         )
 
     def qdq_config(self) -> QDQConfig:
-        return QDQConfig(exclude=self.exclude, quantize_before_relu=self.ort_integer_kernels)
+        return QDQConfig(exclude=self.exclude)
 
 
-def int8_name(onnx_path: Path) -> str:
-    """`model.fp32.onnx` → `model.int8.qdq.onnx`; `model.btc.onnx` → `model.btc.int8.qdq.onnx`."""
+def int8_name(onnx_path: Path, build: str = "qdq") -> str:
+    """`model.fp32.onnx` → `model.int8.qdq.onnx`; `model.btc.onnx` → `model.btc.int8.qdq.onnx`.
+
+    ``build="ort"`` names the ONNX Runtime CPU build (`model.int8.ort.onnx`).
+    """
     label = artifact_label(onnx_path)
-    return "model.int8.qdq.onnx" if label == "fp32" else f"model.{label}.int8.qdq.onnx"
+    return f"model.int8.{build}.onnx" if label == "fp32" else f"model.{label}.int8.{build}.onnx"
 
 
 def run_ptq(
@@ -99,7 +101,10 @@ def run_ptq(
         quantized = result.model
         out = ctx.output(int8_name(onnx_path))
         onnx.save(quantized, str(out))
-        fp32 = {s.split: _accuracy(onnx_path, s, contract, cfg.threads) for s in (val, test)}
+        ort_out = ctx.output(int8_name(onnx_path, "ort"))
+        ort_cpu = _ort_cpu_build(quantized, ort_out, test, contract, cfg.threads)
+        float_run = OrtConfig(threads=cfg.threads)
+        fp32 = {s.split: _accuracy(onnx_path, s, contract, float_run) for s in (val, test)}
         return {
             "input": str(onnx_path),
             "calibrator": best,
@@ -108,6 +113,7 @@ def run_ptq(
             "calibration": calib_note,
             "float_nodes": [asdict(f) for f in result.float_nodes],
             "qdq": _structure(quantized),
+            "ort_cpu": ort_cpu | {"portable_kernels": _kernels(out)},
             "size": {"int8_bytes": out.stat().st_size, "input_bytes": onnx_path.stat().st_size},
             "data_val": val.provenance(),
             "data_test": test.provenance(),
@@ -142,14 +148,17 @@ def _score_all(
     reference: Path,
 ) -> dict[str, dict[str, float]]:
     """Per calibrator: val and test accuracy, and the val KL divergence from the input
-    model's outputs, by which `auto` chooses (see evaluate/fidelity.py for why)."""
+    model's outputs, by which `auto` chooses (see evaluate/fidelity.py for why).
+
+    The Q/DQ models run in exact Q/DQ arithmetic (ONNX Runtime's fusions off): what
+    TensorRT computes, free of the CPU kernels' saturation (see quantize/ort_cpu.py)."""
     scored = {}
+    exact = OrtConfig(threads=cfg.threads, qdq_fusions=False)
     for name, table in tables.items():
         path = tmp / f"{name}.onnx"
         onnx.save(_quantize(source, table, cfg).model, str(path))
-        scored[name] = {s.split: _accuracy(path, s, contract, cfg.threads) for s in splits}
-        ort_cfg = OrtConfig(threads=cfg.threads)
-        with OnnxRuntimeRunner(reference, ort_cfg) as ref, OnnxRuntimeRunner(path, ort_cfg) as cand:
+        scored[name] = {s.split: _accuracy(path, s, contract, exact) for s in splits}
+        with OnnxRuntimeRunner(reference, exact) as ref, OnnxRuntimeRunner(path, exact) as cand:
             scored[name]["val_kl"] = output_kl(ref, cand, splits[0])
     return scored
 
@@ -165,6 +174,29 @@ def _quantize(source: onnx.ModelProto, table: CalibrationTable, cfg: PtqConfig) 
     return result
 
 
+def _ort_cpu_build(
+    quantized: onnx.ModelProto, out: Path, test: Selection, contract: ModelContract, threads: int
+) -> dict[str, Any]:
+    """Write the ONNX Runtime CPU build of ``quantized``; its test accuracy and kernels."""
+    build = build_for_ort_cpu(quantized)
+    meta = {p.key: p.value for p in quantized.metadata_props}
+    _set_meta(build.model, meta | {"quantpipe.runtime": "onnxruntime-cpu"})
+    onnx.save(build.model, str(out))
+    return {
+        "test": _accuracy(out, test, contract, OrtConfig(threads=threads)),
+        "uint8_tensors": len(build.uint8_tensors),
+        "merged_quantize": build.merged_quantize,
+        "seven_bit_weights": len(build.seven_bit_weights),
+        "kernels": _kernels(out),
+        "bytes": out.stat().st_size,
+    }
+
+
+def _kernels(path: Path) -> dict[str, dict[str, int]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return ort_cpu_kernels(path, Path(tmp) / "optimized.onnx")
+
+
 def _set_meta(model: onnx.ModelProto, meta: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in meta.items():
@@ -172,9 +204,9 @@ def _set_meta(model: onnx.ModelProto, meta: dict[str, str]) -> None:
         prop.key, prop.value = key, value
 
 
-def _accuracy(path: Path, data: Selection, contract: ModelContract, threads: int) -> float:
+def _accuracy(path: Path, data: Selection, contract: ModelContract, ort: OrtConfig) -> float:
     setup = EvalSetup(contract.task, contract.num_classes, progress=False)
-    with OnnxRuntimeRunner(path, OrtConfig(threads=threads)) as runner:
+    with OnnxRuntimeRunner(path, ort) as runner:
         return headline_value(evaluate(runner, data, setup))
 
 

@@ -46,7 +46,7 @@ def _results(run: Path, stage: str = "ptq") -> dict:
 
 
 def test_ptq_quantizes_reports_all_calibrators_and_reuses_the_cache(run_dir: Path, capsys) -> None:
-    assert _ptq(run_dir) == 0
+    assert main(["ptq", "--data", DATA, *COUNT, "--run-dir", str(run_dir)]) == 0
     res = _results(run_dir)
     assert set(res["per_calibrator"]) == {"max", "percentile", "entropy", "mse"}
     assert res["calibration"]["computed"] == ["max", "percentile", "entropy", "mse"]
@@ -63,8 +63,20 @@ def test_ptq_quantizes_reports_all_calibrators_and_reuses_the_cache(run_dir: Pat
         for i in model.graph.initializer
         if "zero_point" in i.name
     )
+    # The ONNX Runtime CPU build: every Conv and residual Add on integer kernels, and as
+    # close to FP32 as the INT8 model (a few label flips of 400).
+    ort_cpu = res["ort_cpu"]
+    assert (run_dir / "model.int8.ort.onnx").is_file()
+    assert ort_cpu["kernels"]["integer"]["QLinearConv"] == ops["Conv"] == 19
+    assert ort_cpu["kernels"]["integer"]["QLinearAdd"] == 9
+    assert "Conv" not in ort_cpu["kernels"]["float"] and "Add" not in ort_cpu["kernels"]["float"]
+    assert ort_cpu["seven_bit_weights"] == 1  # the first conv reads the signed image
+    assert abs(ort_cpu["test"] - res["fp32"]["test"]) < 1.5
+    assert (
+        "its CPU build runs integer kernels: 9 QLinearAdd, 19 QLinearConv"
+        in capsys.readouterr().out
+    )
     # Second run, other seed-independent parameter: recalibration not needed.
-    capsys.readouterr()
     assert _ptq(run_dir, "--calibrator", "entropy") == 0
     assert _results(run_dir)["calibration"]["reused"] == ["entropy"]
     assert "reused cached tables for entropy" in capsys.readouterr().out

@@ -122,7 +122,6 @@ def test_unnamed_nodes_get_stable_names() -> None:
     [
         ({"exclude": "conv1"}, "exclude='conv1'"),
         ({"per_channel": 1}, "per_channel=1: allowed values are True/False"),
-        ({"quantize_before_relu": None}, "quantize_before_relu=None"),
     ],
 )
 def test_bad_config_values(kwargs, message: str) -> None:  # type: ignore[no-untyped-def]
