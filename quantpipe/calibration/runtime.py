@@ -63,8 +63,12 @@ def with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelPr
     return augmented
 
 
-def make_session(model: onnx.ModelProto, threads: int, qdq_fusions: bool = True) -> Any:
-    """A CPU session; ``qdq_fusions=False`` runs Q/DQ models in exact Q/DQ arithmetic."""
+def make_session(
+    model: onnx.ModelProto, threads: int, qdq_fusions: bool = True, spinning: bool = True
+) -> Any:
+    """A CPU session; ``qdq_fusions=False`` runs Q/DQ models in exact Q/DQ arithmetic;
+    ``spinning=False`` stops idle intra-op threads from spinning (when other work of ours
+    shares the cores between runs)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -72,6 +76,8 @@ def make_session(model: onnx.ModelProto, threads: int, qdq_fusions: bool = True)
     options.log_severity_level = 3
     if not qdq_fusions:
         options.add_session_config_entry(DISABLE_QDQ_FUSIONS, "1")
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if model.ByteSize() < _MAX_PROTO_BYTES:
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)

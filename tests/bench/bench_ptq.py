@@ -9,8 +9,19 @@ synthetic images (smooth random fields plus noise, ImageNet-normalised, generate
 from a seed) feed: plain FP32 inference, our calibration (one collection pass, all four
 calibrators), and quantize_static (QDQ, per-channel, Entropy, its other defaults). Each phase
 runs in its own process, so its peak RSS (VmHWM) is its own; data generation time is
-subtracted from every phase. Latency: median over repeats, ONNX Runtime CPU, interleaved
-rounds. Speeds are ratios within one run. Not a pytest test.
+subtracted from every phase. Speeds are ratios within one run. Not a pytest test.
+
+Latency: median over interleaved rounds, ONNX Runtime CPU, of the FP32 model, our INT8 Q/DQ
+model (portable), its ONNX Runtime CPU build (what `ptq` writes as model.int8.ort.onnx; the
+INT8 figure that counts on a CPU host) and quantize_static's model. Thread spinning is off
+in the sessions that take turns: with it, the idle pool of the session that just ran spins
+on the cores while the next one runs, which inflated latencies up to 2.6x here (2 cores)
+and made the ratios depend on the order of the models. Phases with one session keep ONNX
+Runtime's default.
+
+The conv-floor phase times single convolutions of resnet18's shapes, FP32 Conv against a
+fused QLinearConv (UINT8 in, INT8 per-channel weights): the ratio ONNX Runtime's integer
+kernels reach on this CPU, below which no graph rewrite can take the whole model.
 """
 
 from __future__ import annotations
@@ -99,13 +110,16 @@ def export_resnet18(path: Path) -> None:
     )
 
 
-def _session(path: str, threads: int) -> Any:
+def _session(path: str | bytes, threads: int, spinning: bool = True) -> Any:
+    """A CPU session; ``spinning=False`` where sessions take turns (see the module doc)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
@@ -146,6 +160,7 @@ def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
         compute_all,
     )
     from quantpipe.quantize import plan_qdq, quantize_qdq
+    from quantpipe.quantize.ort_cpu import build_for_ort_cpu
 
     model = onnx.load(args["fp32"])
     images = SyntheticImages(args["count"], args["batch"])
@@ -161,7 +176,9 @@ def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
     peak = _peak_rss_mib()
     start = time.perf_counter()
     for c in configs:
-        onnx.save(quantize_qdq(model, tables[c]).model, f"{args['dir']}/ours_{c.name}.onnx")
+        qdq = quantize_qdq(model, tables[c]).model
+        onnx.save(qdq, f"{args['dir']}/ours_{c.name}.onnx")
+        onnx.save(build_for_ort_cpu(qdq).model, f"{args['dir']}/ours_{c.name}.ort.onnx")
     return {
         "seconds": collect_s + compute_s,
         "collect_seconds": collect_s,
@@ -213,7 +230,8 @@ def phase_ort(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def phase_latency(args: dict[str, Any]) -> dict[str, Any]:
-    sessions = {name: _session(path, args["threads"]) for name, path in args["models"].items()}
+    models = args["models"].items()
+    sessions = {name: _session(path, args["threads"], spinning=False) for name, path in models}
     out: dict[str, Any] = {}
     for batch, rounds in ((1, args["reps1"]), (32, args["reps32"])):
         x = SyntheticImages(batch, batch, seed=99).batch_at(0)
@@ -242,6 +260,97 @@ def phase_agreement(args: dict[str, Any]) -> dict[str, Any]:
         cos = float(np.sum(y * fp32) / np.linalg.norm(y) / np.linalg.norm(fp32))
         out[name] = {"top1_agree": float(np.mean(y.argmax(1) == fp32.argmax(1))), "cosine": cos}
     return out
+
+
+# resnet18's convolutions: (in, out, size, kernel, stride); batch 1 and 8.
+RESNET18_CONVS = (
+    (3, 64, 224, 7, 2),
+    (64, 64, 56, 3, 1),
+    (128, 128, 28, 3, 1),
+    (256, 256, 14, 3, 1),
+    (512, 512, 7, 3, 1),
+)
+
+
+def _conv_model(cin: int, cout: int, size: int, k: int, stride: int, int8: bool) -> bytes:
+    """One Conv(+Relu); INT8: UINT8 input and output Q/DQ so ONNX Runtime fuses QLinearConv."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.05, (cout, cin, k, k)).astype(np.float32)
+    conv = {"pads": [k // 2] * 4, "strides": [stride, stride]}
+    inits = [numpy_helper.from_array(np.zeros(cout, np.float32), "b")]
+    if int8:
+        scale = (np.abs(w).max(axis=(1, 2, 3)) / 127).astype(np.float32)
+        q = np.clip(np.rint(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
+        inits += [
+            numpy_helper.from_array(q, "wq"),
+            numpy_helper.from_array(scale, "ws"),
+            numpy_helper.from_array(np.zeros(cout, np.int8), "wz"),
+            numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.uint8), "z"),
+        ]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+            helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+            helper.make_node("Conv", ["xd", "w", "b"], ["y"], **conv),
+            helper.make_node("Relu", ["y"], ["r"]),
+            helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+            helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["out"]),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+        nodes = [
+            helper.make_node("Conv", ["x", "w", "b"], ["y"], **conv),
+            helper.make_node("Relu", ["y"], ["out"]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", cin, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
+def phase_conv_floor(args: dict[str, Any]) -> dict[str, Any]:
+    """INT8/FP32 latency of single convolutions (median of interleaved repeats)."""
+    rows = []
+    for cin, cout, size, k, stride in RESNET18_CONVS:
+        sessions = {
+            precision: _session(
+                _conv_model(cin, cout, size, k, stride, precision == "int8"),
+                args["threads"],
+                spinning=False,
+            )
+            for precision in ("fp32", "int8")
+        }
+        for batch in (1, 8):
+            x = np.abs(np.random.default_rng(1).normal(size=(batch, cin, size, size)))
+            feed = {"x": x.astype(np.float32)}
+            times: dict[str, list[float]] = {p: [] for p in sessions}
+            for s in sessions.values():
+                s.run(None, feed)
+            for _ in range(args["reps"]):
+                for p, s in sessions.items():
+                    start = time.perf_counter()
+                    s.run(None, feed)
+                    times[p].append(time.perf_counter() - start)
+            fp32, int8 = (float(np.median(times[p])) * 1e3 for p in ("fp32", "int8"))
+            shape = f"{cin}->{cout} {size}x{size} k{k}s{stride}"
+            rows.append(
+                {
+                    "conv": shape,
+                    "batch": batch,
+                    "fp32_ms": fp32,
+                    "int8_ms": int8,
+                    "ratio": int8 / fp32,
+                }
+            )
+    return {"rows": rows}
 
 
 def run_phase(fn: Any, args: dict[str, Any]) -> dict[str, Any]:
@@ -302,8 +411,15 @@ def run_phases(report: dict[str, Any], common: dict[str, Any], quick: bool, with
     report["idle"] = run_phase(phase_idle, common)
     report["fp32_inference"] = run_phase(phase_fp32, common)
     report["ours"] = run_phase(phase_ours, common)
-    models = {"fp32": common["fp32"], "ours_int8": f"{tmp}/ours_entropy.onnx"}
-    int8 = {f"ours_{n}": f"{tmp}/ours_{n}.onnx" for n in ("max", "percentile", "entropy", "mse")}
+    models = {
+        "fp32": common["fp32"],
+        "ours_int8": f"{tmp}/ours_entropy.ort.onnx",  # the ONNX Runtime CPU build
+        "ours_qdq_portable": f"{tmp}/ours_entropy.onnx",
+    }
+    int8 = {}
+    for n in ("max", "percentile", "entropy", "mse"):
+        int8[f"ours_{n}"] = f"{tmp}/ours_{n}.onnx"
+        int8[f"ours_{n}_ort_cpu_build"] = f"{tmp}/ours_{n}.ort.onnx"
     if with_ort:
         report["ort_quantize_static"] = run_phase(phase_ort, common)
         models["ort_int8"] = int8["ort_entropy"] = f"{tmp}/ort_entropy.onnx"
@@ -311,6 +427,7 @@ def run_phases(report: dict[str, Any], common: dict[str, Any], quick: bool, with
     latency_args = {**common, "models": models, "reps1": reps1, "reps32": reps32}
     report["latency_ms"] = run_phase(phase_latency, latency_args)
     report["agreement_with_fp32"] = run_phase(phase_agreement, {**common, "models": int8})
+    report["conv_floor"] = run_phase(phase_conv_floor, {**common, "reps": 5 if quick else 15})
 
 
 def add_ratios(report: dict[str, Any]) -> None:
@@ -319,7 +436,7 @@ def add_ratios(report: dict[str, Any]) -> None:
     if "ort_quantize_static" in report:
         ratios["ort_calibration_vs_fp32"] = report["ort_quantize_static"]["seconds"] / fp32_s
     for batch, row in report["latency_ms"].items():
-        for name in ("ours_int8", "ort_int8"):
+        for name in ("ours_int8", "ours_qdq_portable", "ort_int8"):
             if name in row:
                 ratios[f"{name}_latency_vs_fp32_{batch}"] = row[name] / row["fp32"]
         if "ort_int8" in row:
@@ -352,6 +469,9 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"\n{'agreement with FP32 (64 imgs)':32s} {'top-1':>7s} {'cosine':>8s}")
     for name, row in report["agreement_with_fp32"].items():
         print(f"{name:32s} {row['top1_agree']:7.3f} {row['cosine']:8.4f}")
+    print(f"\n{'single conv, INT8 / FP32 latency':32s} {'batch':>5s} {'FP32 ms':>8s} {'ratio':>6s}")
+    for row in report["conv_floor"]["rows"]:
+        print(f"{row['conv']:32s} {row['batch']:5d} {row['fp32_ms']:8.2f} {row['ratio']:6.2f}")
 
 
 if __name__ == "__main__":
