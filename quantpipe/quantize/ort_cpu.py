@@ -2,10 +2,10 @@
 
 `quantize_qdq` writes the model TensorRT wants: symmetric INT8 on every activation. ONNX
 Runtime's CPU execution provider, given that model, fuses only part of it (resnet18: 11 of
-20 Conv run as QLinearConv, the rest as float Conv on dequantized values, 1.04-1.13x the
-FP32 latency). Two rewrites, neither of which changes a scale, let it fuse everything
-(20/20 QLinearConv, 8/8 QLinearAdd, 1 QuantizeLinear left; 0.54-0.56x FP32 on an AVX2
-CPU, tests/bench/bench_ptq.py):
+20 Conv run as QLinearConv, the rest as float Conv on dequantized values, 1.07-1.30x the
+FP32 latency). Three rewrites, none of which changes an activation scale, let it fuse
+everything (20/20 QLinearConv, 8/8 QLinearAdd, 1 QuantizeLinear left; 0.53-0.58x FP32
+over four runs of tests/bench/bench_ptq.py on an AVX2 CPU):
 
 1. **UINT8, zero point 0, on tensors that cannot be negative** (Relu outputs, and pools,
    reshapes and Concats of them). ONNX Runtime removes a Relu in front of a QuantizeLinear

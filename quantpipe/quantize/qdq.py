@@ -10,20 +10,20 @@ Why our own graph pass rather than onnxruntime.quantization's QDQQuantizer (meas
 resnet18, onnxruntime 1.32, with our symmetric ranges passed as TensorsData, per-channel,
 ActivationSymmetric/WeightSymmetric):
 
-- its placement (Q/DQ on every op output, one pair shared by all consumers) leaves 11 of the
-  20 Conv in float once ONNX Runtime optimises the model: on x86 ONNX Runtime only runs INT8
-  convolutions with UINT8 activations and converts a Q/DQ pair to UINT8 only where the Q
-  feeds a single DQ, and it cannot fuse Conv -> Relu -> Q with a zero point of 0;
+- its placement (Q/DQ on every op output, one pair shared by all consumers) has no TensorRT
+  residual-Add or pooling rules and no exclusion by reason;
 - its DedicatedQDQPair option writes duplicate node names (an invalid model);
-- ``quantize_static`` with its defaults ends up slower than FP32 (1.06-1.26x FP32 latency
-  over four runs of tests/bench/bench_ptq.py, Xeon with AVX-512 VNNI, 2 threads), while
-  this pass gets all 20 QLinearConv and 8 QLinearAdd and 0.51-0.62x FP32 (0.67-0.76x on an
-  AVX2-only EPYC, where INT8 convolutions are only ~1.5x faster than FP32 ones);
-- it has no TensorRT residual-Add or pooling rules and no exclusion by reason.
+- ``quantize_static`` with its defaults runs no faster than FP32 on ONNX Runtime's CPU
+  provider (1.00-1.22x FP32 latency over four runs of tests/bench/bench_ptq.py on an AVX2
+  EPYC, 2 threads; 1.06-1.26x on a Xeon with AVX-512 VNNI), and its symmetric INT8
+  activations lose ~1.7 points on cifar10-resnet20 to the saturation of AVX2 u8s8 kernels.
 
-So the pass is ours (TensorRT placement, see placement.py), with one Q/DQ pair per consumer
-and distinct scale initializers per pair (ONNX Runtime would otherwise merge the identical
-pairs back into a shared one).
+This module writes the portable model (what TensorRT builds from); for ONNX Runtime's CPU
+provider `quantpipe.quantize.ort_cpu` rewrites it (same scales) so that every Conv and
+residual Add runs as an integer kernel: 0.53-0.58x FP32 on the same EPYC. One Q/DQ pair
+per consumer, with distinct scale initializers per pair (ONNX Runtime would otherwise merge
+identical pairs back into a shared one), keeps ORT's INT8 -> UINT8 conversion applicable
+where the portable model itself runs on ORT.
 """
 
 from __future__ import annotations
