@@ -81,7 +81,10 @@ def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
     for q in lowered:
         q.input[2] = UINT8_ZERO
         for use in index.consumers(q.output[0]):
-            use.node.input[2] = UINT8_ZERO
+            if len(use.node.input) < 3:  # zero point left out: 0 of the input's type
+                use.node.input.append(UINT8_ZERO)
+            else:
+                use.node.input[2] = UINT8_ZERO
     merged = _merge_duplicates(out, lowered, index)
     _movers_read_dequantized(out, {q.name for q in lowered})
     seven_bit = _seven_bit_weights(out, GraphIndex(out))
@@ -93,6 +96,8 @@ def _lowerable(node: onnx.NodeProto, index: GraphIndex) -> bool:
     """A per-tensor INT8 Q with zero point 0 whose output only DequantizeLinear nodes read."""
     if node.op_type != "QuantizeLinear" or len(node.input) < 3:
         return False
+    if any(a.name == "output_dtype" for a in node.attribute):
+        return False  # the type is pinned by an attribute (opset 21): leave it
     zero_point, scale = index.constant(node.input[2]), index.constant(node.input[1])
     if zero_point is None or scale is None or zero_point.size != 1 or scale.size != 1:
         return False

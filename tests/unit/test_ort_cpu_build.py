@@ -172,6 +172,32 @@ def test_a_zero_point_shared_with_a_signed_tensor_is_not_changed_in_place() -> N
     np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, atol=0.05)
 
 
+def test_a_dequantize_without_zero_point_input_gets_the_uint8_one() -> None:
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], "relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"], "q"),
+        helper.make_node("DequantizeLinear", ["q", "s"], ["y"], "dq"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "no_zp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    build = build_for_ort_cpu(model)
+    assert build.uint8_tensors == ["r"]
+    onnx.checker.check_model(build.model, full_check=True)
+    x = np.array([-1.0, 0.0, 0.52, 3.0], np.float32)
+    session = ort.InferenceSession(build.model.SerializeToString(), None, ["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], [0.0, 0.0, 0.5, 3.0], atol=1e-6)
+
+
 def test_a_model_without_qdq_and_a_quantize_feeding_an_output_are_left_alone() -> None:
     fp32 = residual_model()
     build = build_for_ort_cpu(fp32)
