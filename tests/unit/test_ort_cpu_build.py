@@ -37,6 +37,28 @@ def _zero_points(model: onnx.ModelProto) -> dict[str, np.dtype]:
     }
 
 
+def _vector_model(
+    nodes: list[onnx.NodeProto],
+    extra: list[onnx.TensorProto] | None = None,
+    output_type: int = TensorProto.FLOAT,
+) -> onnx.ModelProto:
+    """A graph on a float vector x of 4, with scale s = 0.05 and INT8 zero point z = 0."""
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+        *(extra or []),
+    ]
+    output = nodes[-1].output[0]
+    graph = helper.make_graph(
+        nodes,
+        "vector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info(output, output_type, [4])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @pytest.fixture(scope="module")
 def models() -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto]:
     fp32 = residual_model()
@@ -121,20 +143,11 @@ def test_clip_from_zero_counts_as_non_negative_and_from_below_zero_not() -> None
             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["q"], "q"),
             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], "dq"),
         ]
-        inits = [
+        bounds = [
             numpy_helper.from_array(np.array(low, np.float32), "low"),
             numpy_helper.from_array(np.array(6, np.float32), "high"),
-            numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-            numpy_helper.from_array(np.array(0, np.int8), "z"),
         ]
-        graph = helper.make_graph(
-            nodes,
-            "clip",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-            inits,
-        )
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        return _vector_model(nodes, bounds)
 
     assert build_for_ort_cpu(model_with_clip(0.0)).uint8_tensors == ["c"]
     assert build_for_ort_cpu(model_with_clip(-1.0)).uint8_tensors == []
@@ -150,18 +163,7 @@ def test_a_zero_point_shared_with_a_signed_tensor_is_not_changed_in_place() -> N
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], "dq_x"),
         helper.make_node("Add", ["rd", "xd"], ["y"], "add"),
     ]
-    inits = [
-        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-        numpy_helper.from_array(np.array(0, np.int8), "z"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "shared",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _vector_model(nodes)
     build = build_for_ort_cpu(model)
     assert build.uint8_tensors == ["r"]
     zero_points = _zero_points(build.model)
@@ -178,18 +180,7 @@ def test_a_dequantize_without_zero_point_input_gets_the_uint8_one() -> None:
         helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"], "q"),
         helper.make_node("DequantizeLinear", ["q", "s"], ["y"], "dq"),
     ]
-    inits = [
-        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-        numpy_helper.from_array(np.array(0, np.int8), "z"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "no_zp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _vector_model(nodes)
     build = build_for_ort_cpu(model)
     assert build.uint8_tensors == ["r"]
     onnx.checker.check_model(build.model, full_check=True)
@@ -207,18 +198,7 @@ def test_a_model_without_qdq_and_a_quantize_feeding_an_output_are_left_alone() -
         helper.make_node("Relu", ["x"], ["r"], "relu"),
         helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"], "q"),
     ]
-    inits = [
-        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-        numpy_helper.from_array(np.array(0, np.int8), "z"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "out",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("q", TensorProto.INT8, [4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _vector_model(nodes, output_type=TensorProto.INT8)
     assert build_for_ort_cpu(model).uint8_tensors == []  # its INT8 type is the model's contract
 
 
