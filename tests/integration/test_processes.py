@@ -34,10 +34,14 @@ def test_ctrl_c_during_export_keeps_the_earlier_model_and_leaves_no_partial(tmp_
     good = b"an earlier good model.fp32.onnx"
     (run_dir / "model.fp32.onnx").write_bytes(good)
     # A large-input model: its parity check runs long enough to be interrupted mid-stage.
+    # Ctrl-C as in a terminal: SIGINT at its default. A test run started in the background
+    # by a non-interactive shell inherits SIGINT ignored, and so would the export (observed:
+    # it then ran to completion and returned 0).
     proc = subprocess.Popen(
         [*QP, "export", "--model", "fcn-resnet18-19", "--run-dir", str(run_dir), "--quiet"],
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not list(run_dir.glob(".model.fp32.onnx.*.tmp")):
