@@ -16,16 +16,20 @@ over four runs of tests/bench/bench_ptq.py on an AVX2 CPU):
    It also keeps the AVX2 u8s8 kernels exact: they add pairs of u8*s8 products in int16
    (vpmaddubsw), which 2*127*127 fits but the shifted INT8 range (up to 255) does not; the
    saturation cost cifar10-resnet20 1.8 points with INT8 activations fused on an AVX2 CPU.
+   Signed tensors get UINT8 with zero point 128 at the same scale: the INT8 grid and
+   clipping range exactly, as ONNX Runtime's own INT8 -> UINT8 conversion makes it, but
+   also where a tensor has several readers, which that conversion skips.
 2. **One QuantizeLinear per tensor and scale.** `quantize_qdq` gives each consumer its own
    pair (ONNX Runtime converts an INT8 pair to UINT8 only where one Q feeds one DQ); a fused
-   QLinearConv/QLinearAdd needs its output to feed a single Q, so the UINT8 copies merge.
+   QLinearConv/QLinearAdd needs its output to feed a single Q, so the UINT8 copies merge
+   (MobileNetV2: the projection convs and Adds whose output feeds two blocks).
    Where the tensor also feeds data-movement ops left in float (the Slice/Pad shortcut of a
    CIFAR ResNet), those read its dequantized copy instead (slicing, padding with zeros and
    reshaping commute with quantization): the Q must be the tensor's only reader for the
    Relu to fold. Their output is quantized anyway when it feeds an INT8 op.
-3. **7-bit weights where the input stays signed** (the first Conv of a CNN, a Gemm/MatMul
-   after a signed tensor). ONNX Runtime shifts those INT8 activations to UINT8 with zero
-   point 128, and on CPUs without VNNI pairs of up to 255*127 saturate int16 (measured: the
+3. **7-bit weights where the input is signed** (the first Conv of a CNN, a Gemm/MatMul
+   after a signed tensor). Its UINT8 values with zero point 128 reach 255, and on CPUs
+   without VNNI pairs of up to 255*127 saturate int16 (measured: the
    tiny residual CNN of the unit tests doubled its error against FP32). Weights in
    [-63, 63] keep 2*255*63 below 32767 (ONNX Runtime's own answer is `reduce_range`, 7-bit
    weights everywhere); only these layers pay the lost bit.
@@ -51,6 +55,7 @@ _MOVES_DATA = SHAPE_OPS | {"Identity", "Slice", "Pad", "MaxPool", "GlobalMaxPool
 # Ops whose output is >= 0 wherever their (first, or every for Concat) input is.
 _SIGN_PRESERVING = _MOVES_DATA | {"AveragePool", "GlobalAveragePool"}
 UINT8_ZERO = "ort_cpu_uint8_zero_point"
+UINT8_MIDDLE = "ort_cpu_uint8_zero_point_128"  # for signed tensors: the INT8 range shifted
 
 
 @dataclass
@@ -58,7 +63,7 @@ class OrtCpuBuild:
     """The rewritten model and what changed."""
 
     model: onnx.ModelProto
-    uint8_tensors: list[str]  # activations now quantized to UINT8 (rule 1)
+    uint8_tensors: list[str]  # non-negative activations now UINT8 with zero point 0 (rule 1)
     merged_quantize: int  # QuantizeLinear nodes removed as duplicates (rule 2)
     seven_bit_weights: list[str]  # the nodes whose weights were narrowed (rule 3)
 
@@ -66,8 +71,8 @@ class OrtCpuBuild:
 def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
     """Copy of the Q/DQ ``model`` rewritten for ONNX Runtime's CPU kernels (see module doc).
 
-    What changes: per-tensor QuantizeLinear nodes with an INT8 zero point of 0 on a
-    non-negative tensor, all of whose consumers are DequantizeLinear nodes (rules 1, 2), and
+    What changes: per-tensor QuantizeLinear nodes with an INT8 zero point of 0, all of whose
+    consumers are DequantizeLinear nodes of the same scale (rules 1, 2), and
     the constant INT8 weights of Conv/Gemm/MatMul reading a signed INT8 tensor (rule 3).
     Anything else (asymmetric or foreign Q/DQ, float ops) is left as it is.
     """
@@ -75,21 +80,29 @@ def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
     out.CopyFrom(model)
     index = GraphIndex(out)
     signs = _NonNegative(index)
-    lowered = [q for q in out.graph.node if _lowerable(q, index) and signs.of(q.input[0])]
+    lowered = [q for q in out.graph.node if _lowerable(q, index)]
+    non_negative = {q.name for q in lowered if signs.of(q.input[0])}
     if lowered:
-        out.graph.initializer.append(numpy_helper.from_array(np.array(0, np.uint8), UINT8_ZERO))
+        out.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(0, np.uint8), UINT8_ZERO),
+                numpy_helper.from_array(np.array(128, np.uint8), UINT8_MIDDLE),
+            ]
+        )
     for q in lowered:
-        q.input[2] = UINT8_ZERO
+        zero_point = UINT8_ZERO if q.name in non_negative else UINT8_MIDDLE
+        q.input[2] = zero_point
         for use in index.consumers(q.output[0]):
             if len(use.node.input) < 3:  # zero point left out: 0 of the input's type
-                use.node.input.append(UINT8_ZERO)
+                use.node.input.append(zero_point)
             else:
-                use.node.input[2] = UINT8_ZERO
+                use.node.input[2] = zero_point
     merged = _merge_duplicates(out, lowered, index)
-    _movers_read_dequantized(out, {q.name for q in lowered})
+    _movers_read_dequantized(out, non_negative)
     seven_bit = _seven_bit_weights(out, GraphIndex(out))
     _drop_unused_initializers(out)
-    return OrtCpuBuild(out, sorted({q.input[0] for q in lowered}), merged, seven_bit)
+    uint8 = sorted({q.input[0] for q in lowered if q.name in non_negative})
+    return OrtCpuBuild(out, uint8, merged, seven_bit)
 
 
 def _lowerable(node: onnx.NodeProto, index: GraphIndex) -> bool:
@@ -165,13 +178,13 @@ class _NonNegative:
 def _merge_duplicates(
     model: onnx.ModelProto, lowered: list[onnx.NodeProto], index: GraphIndex
 ) -> int:
-    """Keep one of the lowered Qs per (input tensor, scale); rewire the others' readers."""
-    kept: dict[tuple[str, float], onnx.NodeProto] = {}
+    """Keep one of the lowered Qs per (input, scale, zero point); rewire the others' readers."""
+    kept: dict[tuple[str, float, str], onnx.NodeProto] = {}
     dropped: set[int] = set()
     for q in lowered:
         scale = index.constant(q.input[1])
         assert scale is not None  # checked by _lowerable
-        key = (q.input[0], float(scale.item()))
+        key = (q.input[0], float(scale.item()), q.input[2])
         if key not in kept:
             kept[key] = q
             continue
@@ -242,11 +255,15 @@ def _seven_bit_weights(model: onnx.ModelProto, index: GraphIndex) -> list[str]:
 
 
 def _signed_int8_input(node: onnx.NodeProto, index: GraphIndex) -> bool:
+    """The activation input is quantized with values that can reach 255 once in UINT8:
+    INT8 (ONNX Runtime shifts it by 128) or UINT8 with a zero point other than 0."""
     dq = index.producer.get(node.input[0])
     if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
         return False
     zero_point = index.constant(dq.input[2])
-    return zero_point is not None and zero_point.dtype == np.int8
+    if zero_point is None:
+        return False
+    return zero_point.dtype == np.int8 or (zero_point.dtype == np.uint8 and bool(zero_point.any()))
 
 
 def _narrow(model: onnx.ModelProto, dq: onnx.NodeProto, index: GraphIndex) -> bool:

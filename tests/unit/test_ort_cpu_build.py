@@ -16,7 +16,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantpipe.quantize import quantize_qdq
-from quantpipe.quantize.ort_cpu import UINT8_ZERO, build_for_ort_cpu, ort_cpu_kernels
+from quantpipe.quantize.ort_cpu import (
+    UINT8_MIDDLE,
+    UINT8_ZERO,
+    build_for_ort_cpu,
+    ort_cpu_kernels,
+)
 from tests.unit.test_qdq_insert import _amax, _feeds, residual_model
 
 
@@ -27,11 +32,11 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": x})[0]
 
 
-def _zero_points(model: onnx.ModelProto) -> dict[str, np.dtype]:
-    """Input tensor of each QuantizeLinear -> dtype of its zero point."""
+def _zero_points(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
+    """Input tensor of each QuantizeLinear -> (dtype name, value) of its zero point."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     return {
-        n.input[0]: inits[n.input[2]].dtype
+        n.input[0]: (inits[n.input[2]].dtype.name, int(inits[n.input[2]]))
         for n in model.graph.node
         if n.op_type == "QuantizeLinear"
     }
@@ -66,14 +71,15 @@ def models() -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto]:
     return fp32, qdq, build_for_ort_cpu(qdq).model
 
 
-def test_only_non_negative_tensors_turn_uint8(models) -> None:  # type: ignore[no-untyped-def]
+def test_non_negative_tensors_get_zero_point_0_and_signed_ones_128(models) -> None:  # type: ignore[no-untyped-def]
     _, qdq, _ = models
     build = build_for_ort_cpu(qdq)
-    # Relu outputs and the pool/flatten of one; x and conv2_out (signed) stay INT8.
+    # Relu outputs and the pool/flatten of one; x and conv2_out are signed: the INT8 range
+    # shifted into UINT8, same scale.
     assert build.uint8_tensors == ["flat_out", "gap_out", "relu1_out", "relu2_out"]
     zero_points = _zero_points(build.model)
-    assert zero_points["x"] == np.int8 and zero_points["conv2_out"] == np.int8
-    assert all(zero_points[t] == np.uint8 for t in build.uint8_tensors)
+    assert zero_points["x"] == zero_points["conv2_out"] == ("uint8", 128)
+    assert all(zero_points[t] == ("uint8", 0) for t in build.uint8_tensors)
     onnx.checker.check_model(build.model, full_check=True)
 
 
@@ -99,7 +105,7 @@ def test_weights_and_scales_are_unchanged_but_for_the_signed_input_conv(models) 
     old = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
     new = {t.name: numpy_helper.to_array(t) for t in ort_model.graph.initializer}
     for name, value in new.items():
-        if name != UINT8_ZERO and not name.endswith("_7bit"):
+        if name not in (UINT8_ZERO, UINT8_MIDDLE) and not name.endswith("_7bit"):
             np.testing.assert_array_equal(value, old[name])
     assert "conv1.w_quantized" not in new and "conv2.w_quantized" in new
     q7, s7 = new["conv1.w_quantized_7bit"], new["conv1.w_scale_7bit"]
@@ -108,7 +114,7 @@ def test_weights_and_scales_are_unchanged_but_for_the_signed_input_conv(models) 
     w7 = q7 * s7.reshape(-1, 1, 1, 1)
     assert np.abs(w7 - w8).max() <= s7.max() / 2 + 1e-7
     # The input model is not modified.
-    assert all(z == np.int8 for z in _zero_points(qdq).values())
+    assert all(z == ("int8", 0) for z in _zero_points(qdq).values())
     assert "conv1.w_quantized_7bit" not in old
 
 
@@ -167,7 +173,7 @@ def test_a_zero_point_shared_with_a_signed_tensor_is_not_changed_in_place() -> N
     build = build_for_ort_cpu(model)
     assert build.uint8_tensors == ["r"]
     zero_points = _zero_points(build.model)
-    assert zero_points == {"r": np.uint8, "x": np.int8}
+    assert zero_points == {"r": ("uint8", 0), "x": ("uint8", 128)}
     x = np.array([-1.0, -0.2, 0.3, 2.0], np.float32)
     session = ort.InferenceSession(build.model.SerializeToString(), None, ["CPUExecutionProvider"])
     expected = np.maximum(x, 0) + x  # both exact multiples of the 0.05 scale... up to rounding
@@ -259,3 +265,51 @@ def test_a_slice_and_pad_shortcut_reads_the_dequantized_copy(tmp_path: Path) -> 
     x = _feeds(1, seed=3)[0]["x"]
     reference, built = _run(fp32, x), _run(build.model, x)
     assert np.abs(built - reference).max() < 0.1 * np.abs(reference).max()
+
+
+def test_a_signed_tensor_with_two_readers_gets_one_quantize_and_fuses(tmp_path: Path) -> None:
+    # MobileNetV2's linear bottleneck: a conv without Relu feeds the next conv and a
+    # residual Add. ONNX Runtime's own INT8 -> UINT8 conversion skips a tensor with two
+    # readers, which left such convs (and in MobileNetV2 such Adds) in float.
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1] * 4),
+        helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], "conv2", pads=[1] * 4),
+        helper.make_node("Add", ["c1", "c2"], ["a"], "add"),
+        helper.make_node("Conv", ["a", "w3", "b3"], ["out"], "conv3"),
+    ]
+    rng = np.random.default_rng(1)
+    inits = [
+        numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name)
+        for name, shape in (
+            ("w1", (4, 3, 3, 3)),
+            ("b1", (4,)),
+            ("w2", (4, 4, 3, 3)),
+            ("b2", (4,)),
+            ("w3", (2, 4, 1, 1)),
+            ("b3", (2,)),
+        )
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bottleneck",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        inits,
+    )
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    qdq = quantize_qdq(fp32, _amax(fp32)).model
+    build = build_for_ort_cpu(qdq)
+    assert build.uint8_tensors == [] and build.merged_quantize == 1  # c1's two pairs
+    assert _zero_points(build.model)["c1"] == ("uint8", 128)
+    # Every Conv reading a signed tensor gets 7-bit weights (x, c1, a are all signed).
+    assert build.seven_bit_weights == ["conv1", "conv2", "conv3"]
+    onnx.save(qdq, tmp_path / "qdq.onnx")
+    onnx.save(build.model, tmp_path / "ort.onnx")
+    portable = ort_cpu_kernels(tmp_path / "qdq.onnx", tmp_path / "opt1.onnx")
+    built = ort_cpu_kernels(tmp_path / "ort.onnx", tmp_path / "opt2.onnx")
+    assert portable["float"] == {"Conv": 2}  # conv1 (two readers) and conv3
+    assert built["integer"] == {"QLinearAdd": 1, "QLinearConv": 2}
+    assert built["float"] == {"Conv": 1}  # conv3 makes the model's output
+    x = _feeds(1, seed=4)[0]["x"]
+    reference, int8, out = _run(fp32, x), _run(qdq, x), _run(build.model, x)
+    assert np.abs(out - reference).max() < 1.5 * np.abs(int8 - reference).max()
