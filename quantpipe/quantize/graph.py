@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-# Ops that only move or reshape data: INT8 flows through them unchanged, and ONNX Runtime
-# drops a DQ -> op -> Q around them when both share one scale.
-SHAPE_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"})
+# Ops that only move, reshape or select data: INT8 flows through them unchanged, and ONNX
+# Runtime drops a DQ -> op -> Q around them when both share one scale. (Slice: ShuffleNetV2's
+# channel split; without it the shuffled Concats stayed float.)
+SHAPE_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice"})
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from onnx import numpy_helper
 from quantpipe.quantize.graph import SHAPE_OPS, GraphIndex
 
 # Ops that only select, copy or reorder values (Pad: with zeros, checked where it matters).
-_MOVES_DATA = SHAPE_OPS | {"Identity", "Slice", "Pad", "MaxPool", "GlobalMaxPool", "Concat"}
+_MOVES_DATA = SHAPE_OPS | {"Identity", "Pad", "MaxPool", "GlobalMaxPool", "Concat"}
 # Ops whose output is >= 0 wherever their (first, or every for Concat) input is.
 _SIGN_PRESERVING = _MOVES_DATA | {"AveragePool", "GlobalAveragePool"}
 UINT8_ZERO = "ort_cpu_uint8_zero_point"

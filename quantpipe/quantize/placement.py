@@ -9,7 +9,7 @@ Rules (TensorRT "Q/DQ layer-placement recommendations"):
    the Add into the producing convolution.
 3. MaxPool, AveragePool, GlobalAveragePool and Concat get Q/DQ on their inputs and output only
    where their output is consumed in INT8 (every use, looking through Flatten/Reshape/
-   Squeeze/Unsqueeze/Transpose, is a quantized input); otherwise they stay float.
+   Squeeze/Unsqueeze/Transpose/Slice, is a quantized input); otherwise they stay float.
    MaxPool and the shape ops keep their input's scale (ONNX Runtime only drops a DQ -> op -> Q
    whose scales match; max and reshaping commute with quantization anyway).
 

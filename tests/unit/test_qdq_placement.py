@@ -63,6 +63,54 @@ def test_maxpool_and_concat_feeding_a_conv_stay_int8() -> None:
     assert plan.float_nodes == []
 
 
+def test_concat_stays_int8_through_a_channel_shuffle_and_slices() -> None:
+    # ShuffleNetV2: concat -> reshape -> transpose -> reshape -> slice -> conv. Without
+    # looking through Slice the Concat (and the Relus feeding it) stayed float.
+    shape = helper.make_tensor("shape", TensorProto.INT64, [5], [0, 2, 4, 8, 8])
+    back = helper.make_tensor("back", TensorProto.INT64, [4], [0, 8, 8, 8])
+    nodes = [
+        _conv("c1", "x", "w1", "a"),
+        helper.make_node("Relu", ["a"], ["r"], "relu"),
+        helper.make_node("Concat", ["r", "x"], ["cat"], "cat", axis=1),
+        helper.make_node("Constant", [], ["shape"], "k1", value=shape),
+        helper.make_node("Constant", [], ["back"], "k2", value=back),
+        helper.make_node("Reshape", ["cat", "shape"], ["s1"], "reshape1"),
+        helper.make_node("Transpose", ["s1"], ["s2"], "shuffle", perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["s2", "back"], ["s3"], "reshape2"),
+        helper.make_node(
+            "Constant",
+            [],
+            ["st"],
+            "k3",
+            value=helper.make_tensor("st", TensorProto.INT64, [1], [4]),
+        ),
+        helper.make_node(
+            "Constant",
+            [],
+            ["en"],
+            "k4",
+            value=helper.make_tensor("en", TensorProto.INT64, [1], [8]),
+        ),
+        helper.make_node(
+            "Constant",
+            [],
+            ["ax"],
+            "k5",
+            value=helper.make_tensor("ax", TensorProto.INT64, [1], [1]),
+        ),
+        helper.make_node("Slice", ["s3", "st", "en", "ax"], ["half"], "slice"),
+        _conv("c2", "half", "w2", "y"),
+    ]
+    model = _model(nodes, {"w1": (4, 4, 3, 3), "w2": (2, 4, 3, 3)}, {"y": 4})
+    plan = plan_qdq(model)
+    uses = _uses(plan)
+    assert uses["r"] == (("cat", 0),) and uses["half"] == (("c2", 0),)
+    assert _sources(plan)["half"] == "cat"  # the shuffle and the slice keep the scale
+    assert plan.float_nodes == []
+    amax = dict.fromkeys(plan.calibration_tensors, 1.0)
+    onnx.checker.check_model(quantize_qdq(model, amax).model, full_check=True)
+
+
 def test_pool_feeding_a_float_op_or_the_output_stays_float() -> None:
     nodes = [
         _conv("c1", "x", "w1", "a"),
