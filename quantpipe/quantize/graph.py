@@ -95,3 +95,18 @@ def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
             taken.add(candidate)
         seen.add(node.name)
     return named
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove initializers that no node reads and no output names (and their input entries)."""
+    used = {name for n in model.graph.node for name in n.input}
+    used |= {o.name for o in model.graph.output}
+    dropped = {t.name for t in model.graph.initializer if t.name not in used}
+    if not dropped:
+        return
+    kept = [t for t in model.graph.initializer if t.name not in dropped]
+    inputs = [i for i in model.graph.input if i.name not in dropped]
+    model.graph.ClearField("initializer")
+    model.graph.initializer.extend(kept)
+    model.graph.ClearField("input")
+    model.graph.input.extend(inputs)

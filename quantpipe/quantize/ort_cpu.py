@@ -48,7 +48,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from quantpipe.quantize.graph import SHAPE_OPS, GraphIndex
+from quantpipe.quantize.graph import SHAPE_OPS, GraphIndex, drop_unused_initializers
 
 # Ops that only select, copy or reorder values (Pad: with zeros, checked where it matters).
 _MOVES_DATA = SHAPE_OPS | {"Identity", "Pad", "MaxPool", "GlobalMaxPool", "Concat"}
@@ -100,7 +100,7 @@ def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
     merged = _merge_duplicates(out, lowered, index)
     _movers_read_dequantized(out, non_negative)
     seven_bit = _seven_bit_weights(out, GraphIndex(out))
-    _drop_unused_initializers(out)
+    drop_unused_initializers(out)
     uint8 = sorted({q.input[0] for q in lowered if q.name in non_negative})
     return OrtCpuBuild(out, uint8, merged, seven_bit)
 
@@ -234,18 +234,17 @@ def _insert_after_producers(model: onnx.ModelProto, added: list[onnx.NodeProto])
 
 
 SEVEN_BIT = 63
-# Ops ONNX Runtime's CPU provider fuses into u8s8 integer kernels, and their weight input.
-_WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
+# Ops ONNX Runtime's CPU provider fuses into u8s8 integer kernels (weights: input 1).
+_U8S8_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
 
 def _seven_bit_weights(model: onnx.ModelProto, index: GraphIndex) -> list[str]:
     """Narrow to [-63, 63] the INT8 weights of ops whose activation input is signed INT8."""
     narrowed, done = [], set()
     for node in model.graph.node:
-        slot = _WEIGHT_INPUT.get(node.op_type)
-        if slot is None or len(node.input) <= slot or not _signed_int8_input(node, index):
+        if node.op_type not in _U8S8_OPS or not _signed_int8_input(node, index):
             continue
-        dq = index.producer.get(node.input[slot])
+        dq = index.producer.get(node.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.name in done:
             continue
         if _narrow(model, dq, index):
@@ -301,13 +300,6 @@ def _fresh(name: str, taken: set[str]) -> str:
         candidate, k = f"{name}_{k}", k + 1
     taken.add(candidate)
     return candidate
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for n in model.graph.node for name in n.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    model.graph.ClearField("initializer")
-    model.graph.initializer.extend(kept)
 
 
 # What ONNX Runtime's CPU provider runs in integer arithmetic, and what it leaves in float.

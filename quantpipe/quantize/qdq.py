@@ -36,7 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantpipe.errors import QuantpipeError
-from quantpipe.quantize.graph import GraphIndex, with_unique_node_names
+from quantpipe.quantize.graph import GraphIndex, drop_unused_initializers, with_unique_node_names
 from quantpipe.quantize.placement import (
     ActivationQuant,
     FloatNode,
@@ -98,7 +98,7 @@ def apply_plan(model: onnx.ModelProto, plan: QDQPlan, amax: Mapping[str, float])
     for w in plan.weights:
         head.extend(_weight_dq(out, index, w, names, rewires, weight_nodes))
     _rebuild_nodes(out, head, after, rewires)
-    _drop_unused_initializers(out)
+    drop_unused_initializers(out)  # the float weights now replaced by INT8 ones
     return out
 
 
@@ -262,21 +262,6 @@ def _without_dead_identity(
         if len(kept) == len(nodes):
             return kept
         nodes = kept
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove the float weights now replaced by INT8 ones (and their graph-input entries)."""
-    used = {name for n in model.graph.node for name in n.input}
-    used |= {o.name for o in model.graph.output}
-    dropped = {t.name for t in model.graph.initializer if t.name not in used}
-    if not dropped:
-        return
-    kept = [t for t in model.graph.initializer if t.name not in dropped]
-    inputs = [i for i in model.graph.input if i.name not in dropped]
-    model.graph.ClearField("initializer")
-    model.graph.initializer.extend(kept)
-    model.graph.ClearField("input")
-    model.graph.input.extend(inputs)
 
 
 class _NameSource:
