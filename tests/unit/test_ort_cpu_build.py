@@ -64,6 +64,33 @@ def _vector_model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _conv_graph(
+    nodes: list[onnx.NodeProto],
+    weights: dict[str, tuple[int, ...]],
+    out_shape: list[int | str],
+    seed: int,
+    constants: dict[str, list[int]] | None = None,
+) -> onnx.ModelProto:
+    """A graph on x[N, 3, 8, 8] to ``out``: random float weights, INT64 constants."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name)
+        for name, shape in weights.items()
+    ]
+    inits += [
+        numpy_helper.from_array(np.array(v, np.int64), name)
+        for name, v in (constants or {}).items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @pytest.fixture(scope="module")
 def models() -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto]:
     fp32 = residual_model()
@@ -221,36 +248,22 @@ def test_a_slice_and_pad_shortcut_reads_the_dequantized_copy(tmp_path: Path) -> 
         helper.make_node("Relu", ["a"], ["y"], "relu2"),
         helper.make_node("Conv", ["y", "w3", "b3"], ["out"], "conv3"),
     ]
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name)
-        for name, shape in (
-            ("w1", (4, 3, 3, 3)),
-            ("b1", (4,)),
-            ("w2", (8, 4, 3, 3)),
-            ("b2", (8,)),
-            ("w3", (2, 8, 1, 1)),
-            ("b3", (2,)),
-        )
-    ]
-    inits += [
-        numpy_helper.from_array(np.array(v, np.int64), name)
-        for name, v in (
-            ("starts", [0, 0]),
-            ("ends", [8, 8]),
-            ("axes", [2, 3]),
-            ("steps", [2, 2]),
-            ("pads", [0, 2, 0, 0, 0, 2, 0, 0]),
-        )
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "shortcut",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2, 4, 4])],
-        inits,
-    )
-    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    weights = {
+        "w1": (4, 3, 3, 3),
+        "b1": (4,),
+        "w2": (8, 4, 3, 3),
+        "b2": (8,),
+        "w3": (2, 8, 1, 1),
+        "b3": (2,),
+    }
+    constants = {
+        "starts": [0, 0],
+        "ends": [8, 8],
+        "axes": [2, 3],
+        "steps": [2, 2],
+        "pads": [0, 2, 0, 0, 0, 2, 0, 0],
+    }
+    fp32 = _conv_graph(nodes, weights, ["N", 2, 4, 4], seed=0, constants=constants)
     qdq = quantize_qdq(fp32, _amax(fp32)).model
     build = build_for_ort_cpu(qdq)
     assert {"r", "p", "y"} <= set(build.uint8_tensors)  # the zero-padded slice is >= 0 too
@@ -277,26 +290,15 @@ def test_a_signed_tensor_with_two_readers_gets_one_quantize_and_fuses(tmp_path: 
         helper.make_node("Add", ["c1", "c2"], ["a"], "add"),
         helper.make_node("Conv", ["a", "w3", "b3"], ["out"], "conv3"),
     ]
-    rng = np.random.default_rng(1)
-    inits = [
-        numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name)
-        for name, shape in (
-            ("w1", (4, 3, 3, 3)),
-            ("b1", (4,)),
-            ("w2", (4, 4, 3, 3)),
-            ("b2", (4,)),
-            ("w3", (2, 4, 1, 1)),
-            ("b3", (2,)),
-        )
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "bottleneck",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2, 8, 8])],
-        inits,
-    )
-    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    weights = {
+        "w1": (4, 3, 3, 3),
+        "b1": (4,),
+        "w2": (4, 4, 3, 3),
+        "b2": (4,),
+        "w3": (2, 4, 1, 1),
+        "b3": (2,),
+    }
+    fp32 = _conv_graph(nodes, weights, ["N", 2, 8, 8], seed=1)
     qdq = quantize_qdq(fp32, _amax(fp32)).model
     build = build_for_ort_cpu(qdq)
     assert build.uint8_tensors == [] and build.merged_quantize == 1  # c1's two pairs
