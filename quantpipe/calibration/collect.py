@@ -10,7 +10,7 @@ number of images. The collector that comes back serves all calibrators
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +25,11 @@ from quantpipe.calibration.runtime import (
     check_feed,
     input_specs,
     load_model,
-    make_session,
     with_outputs,
 )
+from quantpipe.engines.ort_session import OrtConfig, make_session
 from quantpipe.errors import QuantpipeError
+from quantpipe.progress import track
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class CollectConfig:
 
     Attributes:
         threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (all cores).
-        progress: show a tqdm progress bar (batches).
+        progress: show a progress bar (batches).
         with_histogram: False collects only the running max (enough for the max calibrator).
         max_batch: run larger batches through ONNX Runtime in slices of at most this many
             samples (0: as given). Memory grows with the slice (the exposed activations of
@@ -87,7 +88,9 @@ def collect_statistics(
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     graph_inputs = _check_tensors(proto, tensors)
     outputs = [t for t in dict.fromkeys(tensors) if t not in graph_inputs]
-    session = make_session(with_outputs(proto, outputs), config.threads, spinning=False)
+    session = make_session(
+        with_outputs(proto, outputs), OrtConfig(threads=config.threads, spinning=False)
+    )
     specs = input_specs(session)
     names = [*graph_inputs, *outputs]
     collector = collector or HistogramCollector(with_histogram=config.with_histogram)
@@ -169,9 +172,4 @@ def _check_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> list[str]:
 
 
 def _progress(feeds: Iterable[Mapping[str, np.ndarray]], enabled: bool) -> Iterable[Any]:
-    if not enabled:
-        return feeds
-    from tqdm import tqdm
-
-    total = len(feeds) if isinstance(feeds, Sized) else None
-    return tqdm(feeds, total=total, desc="calibrate", unit="batch")
+    return track(feeds, "calibrate", enabled, unit="batch")

@@ -1,9 +1,9 @@
-"""ONNX Runtime plumbing shared by calibration and comparison: sessions, feeds, extra outputs."""
+"""ONNX Runtime plumbing shared by calibration and comparison: feeds, extra outputs, reused
+output buffers. Sessions themselves come from quantpipe.engines.ort_session."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +24,6 @@ _ORT_TYPES = {
     "tensor(int8)": np.int8,
     "tensor(bool)": np.bool_,
 }
-# ONNX Runtime session option: keep QuantizeLinear/DequantizeLinear as separate ops instead of
-# fusing DQ -> op -> Q into integer kernels; the ops then run in float on dequantized values,
-# which is exact Q/DQ arithmetic (what TensorRT's INT8 kernels compute, up to rounding).
-DISABLE_QDQ_FUSIONS = "session.disable_quant_qdq"
-# Protobuf's hard limit; larger models go through a temporary file with external data.
-_MAX_PROTO_BYTES = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -61,30 +55,6 @@ def with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelPr
         if name not in existing:
             augmented.graph.output.append(onnx.ValueInfoProto(name=name))
     return augmented
-
-
-def make_session(
-    model: onnx.ModelProto, threads: int, qdq_fusions: bool = True, spinning: bool = True
-) -> Any:
-    """A CPU session; ``qdq_fusions=False`` runs Q/DQ models in exact Q/DQ arithmetic;
-    ``spinning=False`` stops idle intra-op threads from spinning (when other work of ours
-    shares the cores between runs)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if not qdq_fusions:
-        options.add_session_config_entry(DISABLE_QDQ_FUSIONS, "1")
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if model.ByteSize() < _MAX_PROTO_BYTES:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    with tempfile.TemporaryDirectory(prefix="quantpipe-calib-") as tmp:
-        path = Path(tmp) / "augmented.onnx"
-        onnx.save(model, str(path), save_as_external_data=True, location="augmented.onnx.data")
-        return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def input_specs(session: Any) -> list[InputSpec]:

@@ -1,1 +1,1 @@
-"""Runners with one contract: ONNX Runtime, PyTorch (and TensorRT on GPU hosts)."""
+"""Backends and their runners (ONNX Runtime, PyTorch, TensorRT), behind one registry."""

@@ -10,9 +10,10 @@ latency are measured through one code path:
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @runtime_checkable
@@ -30,12 +31,22 @@ class Runner(Protocol):
 
 
 class RunnerContext:
-    """Mixin giving a runner `with` support in terms of activate/deactivate."""
+    """Base of quantpipe's runners: the Runner contract plus `with` support in terms of
+    activate/deactivate."""
+
+    name: str
 
     def activate(self) -> None:
         raise NotImplementedError
 
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
     def deactivate(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def input_names(self) -> list[str]:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
@@ -46,3 +57,9 @@ class RunnerContext:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.deactivate()
+
+
+def first_output(runner: Runner, x: np.ndarray) -> np.ndarray:
+    """The first output of an active single-input runner for the batch `x`."""
+    outputs = runner.infer({runner.input_names[0]: x})
+    return next(iter(outputs.values()))

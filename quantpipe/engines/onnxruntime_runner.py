@@ -1,35 +1,18 @@
-"""ONNX Runtime runner: CPU execution provider by default, thread count configurable."""
+"""ONNX Runtime: the runner, and the onnxruntime-cpu / onnxruntime-cuda backends."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import onnxruntime as ort
-
-from quantpipe.calibration.runtime import DISABLE_QDQ_FUSIONS
+from quantpipe.engines.backend import Availability, Backend, RunnerOptions
+from quantpipe.engines.backend import unavailable_because_missing as missing
 from quantpipe.engines.base import RunnerContext
-from quantpipe.errors import QuantpipeError
+from quantpipe.engines.cuda_driver import visible_gpus
+from quantpipe.engines.ort_session import PROVIDERS, OrtConfig, make_session
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-
-
-@dataclass(frozen=True)
-class OrtConfig:
-    """device: cpu or cuda; threads: intra-op threads, 0 for ONNX Runtime's default (one per
-    physical core); qdq_fusions: False runs a Q/DQ model in exact Q/DQ arithmetic (float ops
-    on dequantized values) instead of ONNX Runtime's integer kernels."""
-
-    device: str = "cpu"
-    threads: int = 0
-    qdq_fusions: bool = True
-
-    def __post_init__(self) -> None:
-        if self.device not in PROVIDERS:
-            raise QuantpipeError(f"unknown ONNX Runtime device {self.device!r}: use cpu or cuda")
-        if self.threads < 0:
-            raise QuantpipeError(f"threads must be 0 (auto) or positive, got {self.threads}")
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class OnnxRuntimeRunner(RunnerContext):
@@ -37,29 +20,13 @@ class OnnxRuntimeRunner(RunnerContext):
         self.model_path = Path(model_path)
         self.config = config or OrtConfig()
         self.name = f"onnxruntime-{self.config.device}"
-        self._session: ort.InferenceSession | None = None
+        self._session: Any = None
 
     def activate(self) -> None:
-        provider = PROVIDERS[self.config.device]
-        if provider not in ort.get_available_providers():
-            raise QuantpipeError(
-                f"ONNX Runtime here has no {provider}; install quantpipe[gpu] on a CUDA host "
-                "or use --device cpu"
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.threads
-        options.inter_op_num_threads = 1
-        if not self.config.qdq_fusions:
-            options.add_session_config_entry(DISABLE_QDQ_FUSIONS, "1")
-        try:
-            self._session = ort.InferenceSession(
-                str(self.model_path), options, providers=[provider]
-            )
-        except Exception as e:  # ORT raises its own exception types, not exported stably
-            raise QuantpipeError(f"ONNX Runtime cannot load {self.model_path}: {e}") from None
+        self._session = make_session(self.model_path, self.config)
 
     @property
-    def session(self) -> ort.InferenceSession:
+    def session(self) -> Any:
         if self._session is None:
             raise RuntimeError("runner used before activate()")
         return self._session
@@ -78,3 +45,42 @@ class OnnxRuntimeRunner(RunnerContext):
 
     def deactivate(self) -> None:
         self._session = None
+
+
+def _probe(device: str) -> Availability:
+    try:
+        import onnxruntime as ort
+    except Exception as e:  # a broken install raises more than ImportError
+        return missing("onnxruntime", e, "pip install quantpipe")
+    if PROVIDERS[device] not in ort.get_available_providers():
+        return Availability(
+            False,
+            f"onnxruntime {ort.__version__} has no {PROVIDERS[device]} (install quantpipe[gpu] "
+            "on a CUDA host)",
+        )
+    if device == "cuda" and not (gpus := visible_gpus())[0]:
+        return Availability(False, gpus[1])
+    return Availability(True, f"onnxruntime {ort.__version__}, {PROVIDERS[device]}")
+
+
+def _factory(device: str) -> Any:
+    def make(model: Path, options: RunnerOptions) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(model, OrtConfig(device, options.threads))
+
+    return make
+
+
+ONNXRUNTIME_CPU = Backend(
+    "onnxruntime-cpu",
+    "ONNX Runtime, CPU execution provider (default)",
+    "onnx",
+    lambda: _probe("cpu"),
+    _factory("cpu"),
+)
+ONNXRUNTIME_CUDA = Backend(
+    "onnxruntime-cuda",
+    "ONNX Runtime, CUDA execution provider",
+    "onnx",
+    lambda: _probe("cuda"),
+    _factory("cuda"),
+)

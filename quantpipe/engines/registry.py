@@ -1,65 +1,27 @@
-"""Backends and whether they can run here; an unavailable one says why, never crashes."""
+"""THE backend registry: every way quantpipe can run a model, by name.
+
+A new backend is one module (a runner class, a probe, a factory; see onnxruntime_runner.py)
+plus one entry in `_ENTRIES`. Everything else (the CLI's --backend, eval, `quantpipe
+backends`, run configs) asks this module, through `get_backend` and `all_backends`.
+"""
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
+from quantpipe.engines.backend import Backend, pick
+from quantpipe.engines.onnxruntime_runner import ONNXRUNTIME_CPU, ONNXRUNTIME_CUDA
+from quantpipe.engines.tensorrt_runner import TENSORRT
+from quantpipe.engines.torch_runner import TORCH_CPU, TORCH_CUDA
 
-import onnxruntime as ort
-import torch
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    description: str
-    available: bool
-    reason: str = ""
+_ENTRIES = (ONNXRUNTIME_CPU, ONNXRUNTIME_CUDA, TORCH_CPU, TORCH_CUDA, TENSORRT)
+_BACKENDS: dict[str, Backend] = {b.name: b for b in _ENTRIES}
+DEFAULT_BACKEND = ONNXRUNTIME_CPU.name
 
 
-def _ort_cuda() -> Backend:
-    ok = "CUDAExecutionProvider" in ort.get_available_providers()
-    why = (
-        ""
-        if ok
-        else (
-            "this onnxruntime build has no CUDAExecutionProvider "
-            "(install quantpipe[gpu] on a CUDA host)"
-        )
-    )
-    return Backend("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider", ok, why)
+def get_backend(name: str) -> Backend:
+    """The backend called `name`; an unknown name is a user error naming the close ones."""
+    return pick(name, _BACKENDS)
 
 
-def _torch_cuda() -> Backend:
-    ok = torch.cuda.is_available()
-    return Backend("torch-cuda", "PyTorch eager, CUDA", ok, "" if ok else "no CUDA device visible")
-
-
-def _tensorrt() -> Backend:
-    try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError as e:
-        return Backend(
-            "tensorrt",
-            "TensorRT engine (.plan)",
-            False,
-            f"tensorrt is not installed ({e}); pip install quantpipe[tensorrt] on a GPU host",
-        )
-    if not torch.cuda.is_available():
-        return Backend(
-            "tensorrt",
-            "TensorRT engine (.plan)",
-            False,
-            f"tensorrt {trt.__version__} is installed but no CUDA device is visible",
-        )
-    return Backend("tensorrt", f"TensorRT {trt.__version__} engine (.plan)", True)
-
-
-def list_backends() -> list[Backend]:
-    return [
-        Backend("onnxruntime-cpu", "ONNX Runtime, CPU execution provider (default)", True),
-        _ort_cuda(),
-        Backend("torch-cpu", "PyTorch eager, CPU (reference)", True),
-        _torch_cuda(),
-        _tensorrt(),
-    ]
+def all_backends() -> list[Backend]:
+    """Every registered backend, available here or not, in listing order."""
+    return list(_BACKENDS.values())

@@ -1,13 +1,17 @@
-"""PyTorch runner: the reference the exported engines are compared against."""
+"""PyTorch eager: the reference the exported models are compared against; the torch-cpu
+and torch-cuda backends. torch is imported only when a runner or probe needs it."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
+from quantpipe.engines.backend import Availability, Backend, RunnerOptions
+from quantpipe.engines.backend import unavailable_because_missing as missing
 from quantpipe.engines.base import RunnerContext
-from quantpipe.errors import QuantpipeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
 
 
 class TorchRunner(RunnerContext):
@@ -24,13 +28,12 @@ class TorchRunner(RunnerContext):
         return ["input"]
 
     def activate(self) -> None:
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise QuantpipeError("torch has no CUDA device here: use --device cpu")
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        set_torch_threads(self.threads)
         self.model.to(self.device).eval()
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         (x,) = feed.values()
         with torch.inference_mode():
             out = self.model(torch.from_numpy(x).to(self.device))
@@ -38,5 +41,40 @@ class TorchRunner(RunnerContext):
 
     def deactivate(self) -> None:
         if self.device == "cuda":
+            import torch
+
             self.model.to("cpu")
             torch.cuda.empty_cache()
+
+
+def set_torch_threads(threads: int) -> None:
+    """Use `threads` CPU threads in PyTorch (0 keeps its default, one per core)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _probe(device: str) -> Availability:
+    try:
+        import torch
+    except Exception as e:  # a broken install raises more than ImportError
+        return missing("torch", e, "pip install quantpipe (torch is a dependency)")
+    if device == "cuda" and not torch.cuda.is_available():
+        return Availability(False, f"torch {torch.__version__} sees no CUDA device")
+    return Availability(True, f"torch {torch.__version__}, {device}")
+
+
+def _factory(device: str) -> Any:
+    def make(model: nn.Module, options: RunnerOptions) -> TorchRunner:
+        return TorchRunner(model, device, options.threads)
+
+    return make
+
+
+TORCH_CPU = Backend(
+    "torch-cpu", "PyTorch eager, CPU (reference)", "torch", lambda: _probe("cpu"), _factory("cpu")
+)
+TORCH_CUDA = Backend(
+    "torch-cuda", "PyTorch eager, CUDA", "torch", lambda: _probe("cuda"), _factory("cuda")
+)

@@ -28,9 +28,9 @@ from quantpipe.calibration.runtime import (
     check_feed,
     input_specs,
     load_model,
-    make_session,
     with_outputs,
 )
+from quantpipe.engines.ort_session import OrtConfig, make_session
 from quantpipe.errors import QuantpipeError
 
 
@@ -112,7 +112,8 @@ def compare_models(
     outputs = [o.name for o in ref.graph.output]
     layers = _layer_tensors(ref, cand, tensors, outputs)
     names = outputs + layers
-    sessions = [make_session(with_outputs(m, names), threads, False) for m in (ref, cand)]
+    exact = OrtConfig(threads=threads, qdq_fusions=False)
+    sessions = [make_session(with_outputs(m, names), exact) for m in (ref, cand)]
     specs = input_specs(sessions[0])
     acc = {name: _Accumulator() for name in names}
     for feed in feeds:

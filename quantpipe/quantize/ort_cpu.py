@@ -48,6 +48,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from quantpipe.engines.ort_session import OrtConfig, make_session
 from quantpipe.quantize.graph import SHAPE_OPS, GraphIndex, drop_unused_initializers
 
 # Ops that only select, copy or reorder values (Pad: with zeros, checked where it matters).
@@ -331,12 +332,7 @@ def ort_cpu_kernels(path: Path, optimized_path: Path) -> dict[str, dict[str, int
     the integer ops, the float compute ops (Conv/Gemm/MatMul/Add left in float) and the
     Quantize/DequantizeLinear nodes that remain as separate conversions.
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.optimized_model_filepath = str(optimized_path)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    make_session(path, OrtConfig(optimized_model_path=str(optimized_path)))
     ops = Counter(n.op_type for n in onnx.load(str(optimized_path)).graph.node)
     conversions = ("QuantizeLinear", "DequantizeLinear")
     return {

@@ -110,17 +110,14 @@ def export_resnet18(path: Path) -> None:
     )
 
 
-def _session(path: str | bytes, threads: int, spinning: bool = True) -> Any:
+def _session(model: str | bytes, threads: int, spinning: bool = True) -> Any:
     """A CPU session; ``spinning=False`` where sessions take turns (see the module doc)."""
-    import onnxruntime as ort
+    import onnx
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    from quantpipe.engines.ort_session import OrtConfig, make_session
+
+    loaded = onnx.load_from_string(model) if isinstance(model, bytes) else model
+    return make_session(loaded, OrtConfig(threads=threads, spinning=spinning))
 
 
 def _peak_rss_mib() -> float:

@@ -1,0 +1,81 @@
+"""TensorRT engines (`.plan` files) run through NVIDIA Polygraphy's `TrtRunner`.
+
+Polygraphy's runner follows TensorRT 10/11 (named I/O tensors, `execute_async_v3`, dynamic
+shapes set per call); this module only adapts it to quantpipe's runner contract. TensorRT
+cannot be installed on the machines this project is developed on (its PyPI package fetches
+its libraries from an unreachable host), so this backend is written against Polygraphy's
+documented API and is exercised only by tests marked `tensorrt`, which skip there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quantpipe.engines.backend import Availability, Backend, RunnerOptions
+from quantpipe.engines.backend import unavailable_because_missing as missing
+from quantpipe.engines.base import RunnerContext
+from quantpipe.engines.cuda_driver import visible_gpus
+
+if TYPE_CHECKING:
+    import numpy as np
+
+INSTALL = "pip install quantpipe[tensorrt] on a GPU host"
+
+
+class TensorRTRunner(RunnerContext):
+    """Deserializes the engine at `engine_path` on activate; one CUDA context per runner."""
+
+    def __init__(self, engine_path: str | Path) -> None:
+        self.engine_path = Path(engine_path)
+        self.name = "tensorrt"
+        self._runner: Any = None
+
+    def activate(self) -> None:
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        self._runner = TrtRunner(EngineFromBytes(BytesFromPath(str(self.engine_path))))
+        self._runner.activate()
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._active().get_input_metadata().keys())
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        # Polygraphy may reuse its host output buffers on the next call: keep copies.
+        return {k: np.array(v, copy=True) for k, v in self._active().infer(feed).items()}
+
+    def deactivate(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
+
+    def _active(self) -> Any:
+        if self._runner is None:
+            raise RuntimeError("runner used before activate()")
+        return self._runner
+
+
+def _probe() -> Availability:
+    try:
+        import tensorrt as trt
+    except Exception as e:  # a broken install raises more than ImportError
+        return missing("tensorrt", e, INSTALL)
+    try:
+        import polygraphy
+    except Exception as e:
+        return missing("polygraphy", e, INSTALL)
+    gpus, why = visible_gpus()
+    if not gpus:
+        return Availability(False, f"tensorrt {trt.__version__} is installed but {why}")
+    return Availability(True, f"TensorRT {trt.__version__} via Polygraphy {polygraphy.__version__}")
+
+
+def _factory(model: Path, options: RunnerOptions) -> TensorRTRunner:
+    return TensorRTRunner(model)  # threads: TensorRT runs on the GPU
+
+
+TENSORRT = Backend("tensorrt", "TensorRT engine (.plan) via Polygraphy", "engine", _probe, _factory)
