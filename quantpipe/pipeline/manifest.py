@@ -2,6 +2,11 @@
 
 Paths inside the run directory are stored relative to it, so a run directory can be
 moved or archived whole.
+
+Format 2 records each stage's kind (`stage`: "eval" for the record `eval.fp32.onnxruntime-cpu`)
+and an eval result's metric, artifact and backend; format 1 manifests (quantpipe before
+the Stage contract) are read by `_upgrade_v1`, which derives them the one way format 1
+allowed, from record names and result keys.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from quantpipe.errors import CorruptArtifactError
 from quantpipe.pipeline.atomic import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_HEADLINE_KEYS = ("top1", "miou", "agreement")  # format 1: which key an eval result had
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class FileRecord:
 @dataclass(frozen=True)
 class StageRecord:
     name: str
+    stage: str
     inputs: list[FileRecord]
     params: dict[str, Any]
     outputs: list[FileRecord]
@@ -43,6 +50,7 @@ class StageRecord:
     def from_dict(d: dict[str, Any]) -> StageRecord:
         return StageRecord(
             name=d["name"],
+            stage=d["stage"],
             inputs=[FileRecord(**f) for f in d["inputs"]],
             params=d["params"],
             outputs=[FileRecord(**f) for f in d["outputs"]],
@@ -69,8 +77,13 @@ class Manifest:
             return Manifest(run_dir)
         try:
             data = json.loads(path.read_text())
-            stages = {k: StageRecord.from_dict(v) for k, v in data["stages"].items()}
-        except (ValueError, KeyError, TypeError) as e:
+            records = data["stages"]
+            if data.get("format", 1) == 1:
+                records = {k: _upgrade_v1(v) for k, v in records.items()}
+            elif data["format"] != FORMAT_VERSION:
+                raise ValueError(f"format {data['format']} is newer than this quantpipe reads")
+            stages = {k: StageRecord.from_dict(v) for k, v in records.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CorruptArtifactError(
                 f"{path} is not a valid quantpipe manifest ({e}); move it away to start the "
                 "run afresh"
@@ -88,3 +101,23 @@ class Manifest:
                 "stages": {k: v.to_dict() for k, v in self.stages.items()},
             },
         )
+
+
+def _upgrade_v1(record: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 stage record in format 2: its kind from its name, and for eval records
+    the metric, artifact and backend that format 1 encoded in keys and the name."""
+    kind = record["name"].split(".", 1)[0]
+    upgraded = {**record, "stage": kind}
+    if kind == "eval":
+        artifact, backend = record["name"].removeprefix("eval.").rsplit(".", 1)
+        results = record.get("results", {})
+        metric = next((k for k in _HEADLINE_KEYS if k in results), None)
+        if metric is None:
+            raise KeyError(f"{record['name']}: no top1, miou or agreement result")
+        upgraded["results"] = {
+            **results,
+            "metric": metric,
+            "artifact": artifact,
+            "backend": backend,
+        }
+    return upgraded

@@ -1,35 +1,65 @@
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from quantpipe.errors import CorruptArtifactError, RunDirLockedError
+from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
-from quantpipe.pipeline.stage import StageContext, run_stage
+from quantpipe.pipeline.stage import RunOptions, StageContext, run_stage
 
 
-def _writer(calls: list[int], text: str = "out"):
-    def body(ctx: StageContext) -> dict:
-        calls.append(1)
-        ctx.output("result.txt").write_text(text)
-        return {"value": len(calls)}
+@dataclass(frozen=True)
+class Counted(JsonResult):
+    value: int
 
-    return body
+
+@dataclass(frozen=True)
+class Writer:
+    """A stage that writes `text` to result.txt and counts its runs in `calls`."""
+
+    calls: list[int]
+    files: dict[str, Path] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    text: str = "out"
+    interrupt: bool = False
+    kind: ClassVar[str] = "writer"
+    result_type: ClassVar[type[Counted]] = Counted
+    name: str = "s"
+
+    def inputs(self, run: RunDir) -> dict[str, Path]:
+        return self.files
+
+    def params(self) -> dict[str, Any]:
+        return self.parameters
+
+    def run(self, ctx: StageContext) -> Counted:
+        self.calls.append(1)
+        ctx.output("result.txt").write_text(self.text)
+        if self.interrupt:
+            raise KeyboardInterrupt
+        return Counted(len(self.calls))
 
 
 def test_second_run_with_same_inputs_and_params_is_skipped(tmp_path: Path) -> None:
     inp = tmp_path / "in.txt"
     inp.write_text("data")
     calls: list[int] = []
+    stage = Writer(calls, {"in": inp}, {"p": 1})
     with RunDir.open(tmp_path / "run") as run:
-        first = run_stage(run, "s", {"in": inp}, {"p": 1}, _writer(calls))
-        second = run_stage(run, "s", {"in": inp}, {"p": 1}, _writer(calls))
+        first = run_stage(run, stage)
+        second = run_stage(run, stage)
     assert (first.skipped, second.skipped, len(calls)) == (False, True, 1)
+    assert second.result == Counted(1)  # the recorded result comes back typed
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    out = manifest["stages"]["s"]["outputs"][0]
+    record = manifest["stages"]["s"]
+    out = record["outputs"][0]
     assert out["path"] == "result.txt" and out["bytes"] == 3 and len(out["sha256"]) == 64
-    assert manifest["stages"]["s"]["inputs"][0]["sha256"] == first.record.inputs[0].sha256
-    assert "onnxruntime" in manifest["stages"]["s"]["versions"]
+    assert record["inputs"][0]["sha256"] == first.record.inputs[0].sha256
+    assert "onnxruntime" in record["versions"]
+    assert (manifest["format"], record["stage"], record["results"]) == (2, "writer", {"value": 1})
 
 
 @pytest.mark.parametrize("change", ["param", "input", "output", "force"])
@@ -38,7 +68,7 @@ def test_any_change_reruns(tmp_path: Path, change: str) -> None:
     inp.write_text("data")
     calls: list[int] = []
     with RunDir.open(tmp_path / "run") as run:
-        run_stage(run, "s", {"in": inp}, {"p": 1}, _writer(calls))
+        run_stage(run, Writer(calls, {"in": inp}, {"p": 1}))
         params, force = {"p": 1}, False
         if change == "param":
             params = {"p": 2}
@@ -48,22 +78,18 @@ def test_any_change_reruns(tmp_path: Path, change: str) -> None:
             (run.path / "result.txt").write_text("tampered")
         else:
             force = True
-        again = run_stage(run, "s", {"in": inp}, params, _writer(calls), force=force)
+        again = run_stage(run, Writer(calls, {"in": inp}, params), RunOptions(force=force))
     assert not again.skipped and len(calls) == 2
 
 
 def test_failing_stage_keeps_previous_outputs_and_manifest(tmp_path: Path) -> None:
     calls: list[int] = []
     with RunDir.open(tmp_path / "run") as run:
-        run_stage(run, "s", {}, {"p": 1}, _writer(calls, "good"))
+        run_stage(run, Writer(calls, parameters={"p": 1}, text="good"))
         before = (run.path / "manifest.json").read_text()
-
-        def broken(ctx: StageContext) -> dict:
-            ctx.output("result.txt").write_text("partial")
-            raise KeyboardInterrupt
-
+        broken = Writer(calls, parameters={"p": 2}, text="partial", interrupt=True)
         with pytest.raises(KeyboardInterrupt):
-            run_stage(run, "s", {}, {"p": 2}, broken)
+            run_stage(run, broken)
         assert (run.path / "result.txt").read_text() == "good"
         assert (run.path / "manifest.json").read_text() == before
         assert sorted(p.name for p in run.path.iterdir()) == [
@@ -84,3 +110,14 @@ def test_corrupt_manifest_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "run" / "manifest.json").write_text("{not json")
     with pytest.raises(CorruptArtifactError, match="not a valid quantpipe manifest"):
         RunDir.open(tmp_path / "run")
+
+
+def test_a_recorded_result_of_another_form_is_a_clear_error(tmp_path: Path) -> None:
+    calls: list[int] = []
+    with RunDir.open(tmp_path / "run") as run:
+        run_stage(run, Writer(calls))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    manifest["stages"]["s"]["results"] = {"value": "many"}
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    with RunDir.open(tmp_path / "run") as run, pytest.raises(CorruptArtifactError, match="value"):
+        run_stage(run, Writer(calls))
