@@ -28,6 +28,8 @@ class DatasetKind:
     load: Callable[[Path | None], dict[str, Source]]
     default_path: Path | None = None
     needs_path: bool = True
+    # False where samples may come without labels (then stages score agreement with FP32).
+    always_labelled: bool = True
 
 
 def _needs(path: Path | None, kind: str) -> Path:
@@ -77,6 +79,7 @@ DATASETS: dict[str, DatasetKind] = {
             "npz",
             ".npz with x (images or model tensors) and optional y",
             lambda p: load_npz(_needs(p, "npz")),
+            always_labelled=False,
         ),
     )
 }

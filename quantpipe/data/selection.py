@@ -18,8 +18,31 @@ from quantpipe.models.spec import Preprocessing
 
 
 @dataclass(frozen=True)
+class DataInfo:
+    """What identifies a selection's samples, as results record it (`Selection.provenance`
+    is the same as a plain dict, for cache keys)."""
+
+    dataset: str
+    path: str | None
+    split: str
+    pool: str
+    count: int
+    seed: int
+    preprocessing: dict[str, Any]
+    truth: str | None = None  # set when the labels are a reference model's predictions
+
+    def where(self) -> str:
+        return self.path or "built-in"
+
+
+@dataclass(frozen=True)
 class Selection:
-    """The samples of one split (optionally its first `count`), for one model's inputs."""
+    """The samples of one split (optionally its first `count`), for one model's inputs.
+
+    `truth` says what the labels are: the data set's own (`labels`), or, for data without
+    labels, a reference model's predictions attached by `with_labels` (then it names that
+    model, and every accuracy measured on this selection is agreement with it).
+    """
 
     dataset: Dataset
     split: str
@@ -27,6 +50,8 @@ class Selection:
     pool: str
     indices: np.ndarray
     preprocessing: Preprocessing
+    truth: str = "labels"
+    _assigned: np.ndarray | None = None  # labels given by `with_labels`, in split order
 
     @property
     def source(self) -> Source:
@@ -37,12 +62,20 @@ class Selection:
 
     @property
     def labels(self) -> np.ndarray | None:
+        if self._assigned is not None:
+            return self._assigned
         labels = self.source.labels
         return None if labels is None else labels[self.indices]
 
+    def with_labels(self, labels: np.ndarray, truth: str) -> Selection:
+        """This selection with `labels` (one per sample, in split order) named `truth`."""
+        if len(labels) != len(self):
+            raise ValueError(f"{len(labels)} labels for {len(self)} samples")
+        return dataclasses.replace(self, truth=truth, _assigned=labels)
+
     def provenance(self) -> dict[str, Any]:
         """What identifies these samples: part of every cache key and manifest entry."""
-        return {
+        described = {
             **self.dataset.provenance(),
             "split": self.split,
             "pool": self.pool,
@@ -50,24 +83,30 @@ class Selection:
             "seed": self.seed,
             "preprocessing": self.preprocessing.to_dict(),
         }
+        # Only assigned labels are named: cache keys of labelled data stay as they were.
+        return described if self._assigned is None else {**described, "truth": self.truth}
+
+    def info(self) -> DataInfo:
+        return DataInfo(**self.provenance())
 
     def head(self, count: int) -> Selection:
         """The first `count` samples (the split order is class-interleaved, so balanced)."""
-        return dataclasses.replace(self, indices=self.indices[:count])
+        assigned = None if self._assigned is None else self._assigned[:count]
+        return dataclasses.replace(self, indices=self.indices[:count], _assigned=assigned)
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yield (inputs N×C×H×W float32, labels or None) in split order."""
-        labels = self.source.labels
+        labels = self.labels
         for start in range(0, len(self.indices), batch_size):
             idx = self.indices[start : start + batch_size]
             x = to_model_input(self.source.read(idx), self.source, self.preprocessing)
-            yield x, None if labels is None else labels[idx]
+            yield x, None if labels is None else labels[start : start + batch_size]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         """All samples at once (for small selections, e.g. training sets of tiny models)."""
         xs, ys = zip(*self.batches(1024), strict=True) if len(self) else ((), ())
         x = np.concatenate(xs) if xs else np.empty((0, *self._shape()), np.float32)
-        y = None if self.source.labels is None or not ys else np.concatenate(ys)
+        y = None if self.labels is None or not ys else np.concatenate(ys)
         return x, y
 
     def _shape(self) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantpipe.data.selection import Selection
-from quantpipe.engines.base import Runner
+from quantpipe.engines.base import Runner, first_output
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -25,8 +25,8 @@ def output_kl(
     """
     total, count = 0.0, 0
     for x, _ in data.batches(batch_size):
-        p = _log_softmax(next(iter(reference.infer({reference.input_names[0]: x}).values())))
-        q = _log_softmax(next(iter(candidate.infer({candidate.input_names[0]: x}).values())))
+        p = _log_softmax(first_output(reference, x))
+        q = _log_softmax(first_output(candidate, x))
         kl = (np.exp(p) * (p - q)).sum(axis=1)
         total += float(kl.sum())
         count += kl.size

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import numpy as np
 
 IGNORE_INDEX = 255
+# A result's headline: top-1 for classifiers, mIoU for segmentation, arg-max agreement with
+# a reference model for data without labels.
+Metric = Literal["top1", "miou", "agreement"]
 
 
 class TopK:
     """Top-1 and top-5 accuracy over (N, classes) logits and (N,) labels."""
+
+    headline: ClassVar[Metric] = "top1"
 
     def __init__(self) -> None:
         self.count = 0
@@ -31,6 +38,8 @@ class TopK:
 
 class MeanIoU:
     """mIoU from a confusion matrix; pixels labelled 255 are ignored."""
+
+    headline: ClassVar[Metric] = "miou"
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -55,14 +64,18 @@ class MeanIoU:
 
 
 class Agreement:
-    """How often the arg-max (per sample or per pixel) matches a reference model's."""
+    """How often the arg-max (per sample or per pixel) matches a reference model's, given
+    as its logits or as its arg-max labels."""
+
+    headline: ClassVar[Metric] = "agreement"
 
     def __init__(self) -> None:
         self.count = 0
         self.same = 0
 
     def update(self, logits: np.ndarray, reference: np.ndarray) -> None:
-        same = logits.argmax(1) == reference.argmax(1)
+        labels = reference.argmax(1) if reference.ndim == logits.ndim else reference
+        same = logits.argmax(1) == labels
         self.same += int(same.sum())
         self.count += same.size
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from quantpipe.data.selection import Selection
-from quantpipe.engines.base import Runner
+from quantpipe.engines.base import Runner, first_output
 
 MIN_TOP1_AGREEMENT = 99.9  # percent, over the parity samples
 
@@ -37,8 +37,8 @@ def check_parity(
     """Max |Δlogit| and arg-max agreement (per sample, or per pixel for segmentation)."""
     max_diff, ref_max, same, total = 0.0, 0.0, 0, 0
     for x, _ in data.batches(batch_size):
-        ref = next(iter(reference.infer({reference.input_names[0]: x}).values()))
-        out = next(iter(candidate.infer({candidate.input_names[0]: x}).values()))
+        ref = first_output(reference, x)
+        out = first_output(candidate, x)
         max_diff = max(max_diff, float(np.abs(ref - out).max()))
         ref_max = max(ref_max, float(np.abs(ref).max()))
         agree = ref.argmax(1) == out.argmax(1)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+if TYPE_CHECKING:  # the spec is read by torch-free code (data, ONNX-only evaluation)
+    from torch import nn
 
 Task = Literal["classification", "segmentation"]
 WeightsPolicy = Literal["required", "optional", "trained"]
