@@ -3,8 +3,9 @@ and accuracy versus block size (Fig. 6)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import matplotlib
 
@@ -12,6 +13,19 @@ matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+
+class Point(Protocol):
+    """One coding of a search: its τ, block size, test accuracy and effective bits."""
+
+    @property
+    def tau(self) -> float | None: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def test_accuracy(self) -> float: ...
+    @property
+    def b_eff(self) -> float: ...
 
 
 def weight_histograms(
@@ -35,21 +49,22 @@ def weight_histograms(
     plt.close(fig)
 
 
-def accuracy_vs_block_size(candidates: list[dict[str, Any]], fp32: float, path: Path) -> None:
-    """Test accuracy and effective bits per block size (paper Fig. 6); one line per τ."""
+def accuracy_vs_block_size(candidates: Sequence[Point], fp32: float, path: Path) -> None:
+    """Test accuracy and effective bits per block size (paper Fig. 6); one line per τ
+    (candidates of a budget ladder, which have none, form one line)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for tau in sorted({c["tau"] for c in candidates}):
-        rows = sorted((c for c in candidates if c["tau"] == tau), key=lambda c: c["block_size"])
+    for tau in sorted({c.tau for c in candidates}, key=lambda t: -1.0 if t is None else t):
+        rows = sorted((c for c in candidates if c.tau == tau), key=lambda c: c.block_size)
         ax.plot(
-            [c["block_size"] for c in rows],
-            [c["test_accuracy"] for c in rows],
+            [c.block_size for c in rows],
+            [c.test_accuracy for c in rows],
             "o-",
-            label=f"BTC τ={tau:g}",
+            label="BTC" if tau is None else f"BTC τ={tau:g}",
         )
         for c in rows:
             ax.annotate(
-                f"{c['b_eff']:.2f} b",
-                (c["block_size"], c["test_accuracy"]),
+                f"{c.b_eff:.2f} b",
+                (c.block_size, c.test_accuracy),
                 textcoords="offset points",
                 xytext=(0, 6),
                 ha="center",

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from quantpipe.data.selection import Selection
 from quantpipe.errors import QuantpipeError
+from quantpipe.progress import track
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
 
@@ -73,7 +73,7 @@ def retune_affine(
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
-    for _ in tqdm(range(cfg.steps), desc="btc re-tune", disable=not progress, leave=False):
+    for _ in track(range(cfg.steps), "btc re-tune", progress, unit="step"):
         idx = torch.randint(0, len(inputs), (cfg.batch_size,), generator=generator)
         out = F.log_softmax(student(inputs[idx]), 1)
         loss = F.kl_div(out, targets[idx], log_target=True, reduction="batchmean")

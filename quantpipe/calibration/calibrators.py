@@ -1,6 +1,6 @@
 """Calibrators: statistics in, amax per tensor out.
 
-Every calibrator has the contract of DESIGN.md: ``collect(name, array)``,
+Every calibrator has one contract (README, "Architecture"): ``collect(name, array)``,
 ``compute() -> {tensor: amax}``, ``reset()``, and its state is plain arrays
 (``state_dict``). All four read the same `HistogramCollector`, so one pass over the
 calibration data serves all of them: build the collector once (see

@@ -2,17 +2,15 @@
 
 The TorchScript exporter (`dynamo=False`) is used: it gives a real opset 17, exports
 in 0.8 s where dynamo takes 4 s (resnet18), folds eval-mode BatchNorm into Conv, and
-is the path ModelOpt's quantized models need too (see DESIGN.md).
+is the path ModelOpt's quantized models need too (its dynamo export fails on the
+quantizers).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -20,23 +18,12 @@ import onnxslim
 import torch
 from torch import nn
 
-from quantpipe import __version__
-from quantpipe.errors import QuantpipeError
+from quantpipe.export.metadata import set_metadata
+from quantpipe.export.options import ExportOptions
 from quantpipe.models.spec import ModelSpec
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-MIN_OPSET = 17
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    opset: int = MIN_OPSET
-    simplify: bool = True
-
-    def __post_init__(self) -> None:
-        if not MIN_OPSET <= self.opset <= 21:
-            raise QuantpipeError(f"--opset {self.opset} is not supported: use 17 to 21")
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, options: ExportOptions) -> onnx.ModelProto:
@@ -63,40 +50,6 @@ def export_onnx(model: nn.Module, spec: ModelSpec, options: ExportOptions) -> on
     set_metadata(proto, spec)
     onnx.checker.check_model(proto, full_check=True)
     return proto
-
-
-def set_metadata(proto: onnx.ModelProto, spec: ModelSpec) -> None:
-    """Record what a downstream consumer needs to feed the model correctly."""
-    meta = {
-        "quantpipe.version": __version__,
-        "quantpipe.model": spec.name,
-        "quantpipe.task": spec.task,
-        "quantpipe.num_classes": str(spec.num_classes),
-        "quantpipe.input_shape": json.dumps(list(spec.input_shape)),
-        "quantpipe.preprocessing": json.dumps(spec.preprocessing.to_dict()),
-    }
-    existing = {p.key: p for p in proto.metadata_props}
-    for key, value in meta.items():
-        prop = existing.get(key) or proto.metadata_props.add()
-        prop.key, prop.value = key, value
-    proto.producer_name = "quantpipe"
-    proto.producer_version = __version__
-
-
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX file, or raise a user error saying why it cannot be read."""
-    try:
-        return onnx.load(str(path))
-    except FileNotFoundError:
-        raise QuantpipeError(f"ONNX model not found: {path}") from None
-    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
-        raise QuantpipeError(
-            f"{path} is not a readable ONNX model ({type(e).__name__}: {e})"
-        ) from None
-
-
-def read_metadata(proto: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 def graph_summary(proto: onnx.ModelProto) -> dict[str, Any]:

@@ -3,177 +3,198 @@ container) and `model.btc.onnx` (decoded weights, exported like the FP32 model).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import onnx
-from torch import nn
-
-from quantpipe.btc.clipsearch import DEFAULT_CLIP_GRID
-from quantpipe.btc.container import write_container
-from quantpipe.btc.encoded import HEADER_BITS_PER_BLOCK as HEADER_BITS
-from quantpipe.btc.model import decode_model
-from quantpipe.btc.plots import accuracy_vs_block_size, weight_histograms
-from quantpipe.btc.policy import Policy, SigmaRule, TargetBits
-from quantpipe.btc.report import btc_table
+from quantpipe.artifacts import (
+    BTC_BLOCK_SIZE_PNG,
+    BTC_CONTAINER,
+    BTC_HISTOGRAM_PNG,
+    BTC_ONNX,
+    BTC_REPORT_MD,
+)
+from quantpipe.btc.container import ContainerAccounting
 from quantpipe.btc.retune import RetuneConfig
-from quantpipe.btc.uniform import per_tensor_minmax
 from quantpipe.data.selection import select
 from quantpipe.errors import QuantpipeError
-from quantpipe.export.onnx_export import ExportOptions, export_onnx
-from quantpipe.models.registry import build_model
+from quantpipe.evaluate.evaluate import SplitScores
 from quantpipe.models.spec import ModelSpec
 from quantpipe.pipeline.rundir import RunDir
-from quantpipe.pipeline.stage import StageContext, StageOutcome, run_stage
-from quantpipe.stages.btc_coder import Coded, Coder, baselines, choose
-from quantpipe.stages.common import DataRef, ModelRef, model_params, resolve_weights, stage_inputs
-from quantpipe.stages.model_accuracy import torch_accuracy
+from quantpipe.pipeline.stage import StageContext
+from quantpipe.stages.btc_modes import (
+    BtcMode,
+    SigmaRuleMode,
+    mode_by_name,
+    mode_from_flags,
+    mode_params,
+)
+from quantpipe.stages.btc_result import BtcAccuracy, BtcResult, BtcSize, Candidate
+from quantpipe.stages.common import DataRef, LabelSource, ModelRef
 
-BTC_CONTAINER = "model.btc"
-BTC_ONNX = "model.btc.onnx"
-HISTOGRAM_PNG = "btc/weights_histogram.png"
-BLOCK_SIZE_PNG = "btc/accuracy_vs_block_size.png"
-REPORT_MD = "btc/report.md"
-# Effective-bit budgets tried by --max-drop, smallest first (4-bit payload plus headers
-# is the floor; all-8-bit with B = 64 is 8.52).
-BUDGET_LADDER = (4.25, 4.5, 4.75, 5.0, 5.5, 6.0, 7.0, 8.0)
+if TYPE_CHECKING:
+    from torch import nn
+
+    from quantpipe.stages.btc_coder import Coded, Coder
+
+
+COMMON_KEYS = ("calib_count", "eval_count", "retune_steps")
 
 
 @dataclass(frozen=True)
 class BtcConfig:
-    """Modes: the paper's σ rule (default), `target_bits`, `max_drop`, or `search`.
+    """A mode (see btc_modes.py) and what every mode shares.
 
-    `retune_steps` None means: 300 for the budgeted modes (target bits, max drop), 0
-    for the paper's modes, which stay exactly as published.
+    `retune_steps` None means the mode's default: 300 for the budgeted modes (target bits,
+    max drop), 0 for the paper's modes, which stay exactly as published.
     """
 
-    block_size: int = 64
-    tau: float = 0.05
-    low_bits: int = 4
-    high_bits: int = 8
-    target_bits: float | None = None
-    max_drop: float | None = None
-    search: bool = False
-    max_rmse: float = 3e-3
-    block_sizes: tuple[int, ...] = (32, 64, 128, 256)
-    taus: tuple[float, ...] = (0.05,)
+    mode: BtcMode = field(default_factory=SigmaRuleMode)
     calib_count: int = 4096
     eval_count: int | None = None
     retune_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.target_bits is not None and (self.search or self.max_drop is not None):
-            raise QuantpipeError("--target-bits fixes the budget: drop --search/--max-drop")
-        if self.max_drop is not None and self.max_drop < 0:
-            raise QuantpipeError(f"--max-drop must be ≥ 0 points, got {self.max_drop}")
         if self.calib_count < 1:
             raise QuantpipeError(f"--calib-count must be ≥ 1, got {self.calib_count}")
-        self.policies()  # each policy validates its own values
         RetuneConfig(steps=self.retune())
 
-    @property
-    def mode(self) -> str:
-        if self.search:
-            return "paper-search"
-        if self.target_bits is not None:
-            return "target-bits"
-        return "max-drop" if self.max_drop is not None else "sigma-rule"
+    @staticmethod
+    def from_flags(**values: Any) -> BtcConfig:
+        """From the CLI flags or a run config's [btc] keys: `mode = NAME` with that mode's
+        fields, or the flags that imply a mode (--target-bits, --max-drop, --search)."""
+        common = {k: values.pop(k) for k in COMMON_KEYS if k in values}
+        name = values.pop("mode", None)
+        mode = mode_from_flags(**values) if name is None else mode_by_name(name, values)
+        return BtcConfig(mode, **common)
 
     def retune(self) -> int:
-        if self.retune_steps is not None:
-            return self.retune_steps
-        return 300 if self.mode in ("target-bits", "max-drop") else 0
+        return self.mode.default_retune_steps if self.retune_steps is None else self.retune_steps
 
-    def policies(self) -> list[Policy]:
-        """The candidate policies of this mode, fewest bits first where that is known."""
-        lo, hi = self.low_bits, self.high_bits
-        if self.search:
-            return [SigmaRule(t, b, lo, hi) for b in self.block_sizes for t in self.taus]
-        if self.target_bits is not None:
-            # Every block size whose header floor admits the budget; the least
-            # Fisher-weighted error wins (no accuracy is measured for this choice).
-            floor_ok = [b for b in self.block_sizes if self.target_bits >= lo + HEADER_BITS / b]
-            return [TargetBits(self.target_bits, b, lo, hi, DEFAULT_CLIP_GRID) for b in floor_ok]
-        if self.max_drop is not None:
-            floor = lo + HEADER_BITS / self.block_size
-            return [
-                TargetBits(x, self.block_size, lo, hi, DEFAULT_CLIP_GRID)
-                for x in BUDGET_LADDER
-                if x >= floor
-            ]
-        return [SigmaRule(self.tau, self.block_size, lo, hi)]
+    def params(self) -> dict[str, Any]:
+        return {
+            **mode_params(self.mode),
+            "calib_count": self.calib_count,
+            "eval_count": self.eval_count,
+            "retune_steps": self.retune(),
+        }
 
 
-def run_btc(
-    run: RunDir, model: ModelRef, data: DataRef, cfg: BtcConfig, force: bool, progress: bool = True
-) -> StageOutcome:
-    spec = model.spec()
-    weights = resolve_weights(run, spec, model.weights)
-    params = {
-        **model_params(model, spec),
-        **asdict(cfg),
-        "mode": cfg.mode,
-        "data": data.spec,
-        "seed": data.seed,
-    }
+@dataclass(frozen=True)
+class BtcStage:
+    model: ModelRef
+    data: DataRef
+    config: BtcConfig = field(default_factory=BtcConfig)
+    labels: LabelSource = field(default_factory=LabelSource)
+    kind: ClassVar[str] = "btc"
+    result_type: ClassVar[type[BtcResult]] = BtcResult
 
-    def body(ctx: StageContext) -> dict[str, Any]:
-        net = build_model(spec, weights)
-        dataset = data.open()
-        val = select(dataset, "val", spec.preprocessing, data.seed, cfg.eval_count)
-        test = select(dataset, "test", spec.preprocessing, data.seed, cfg.eval_count)
-        calib = select(dataset, "calib", spec.preprocessing, data.seed, cfg.calib_count)
-        coder = Coder(net, spec, calib, RetuneConfig(steps=cfg.retune(), seed=data.seed), progress)
-        fp32 = {"val": torch_accuracy(net, val, spec), "test": torch_accuracy(net, test, spec)}
-        chosen, candidates = choose(coder, cfg.policies(), cfg, fp32["val"], val)
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @cached_property
+    def spec(self) -> ModelSpec:
+        return self.model.spec()
+
+    def inputs(self, run: RunDir) -> dict[str, Path]:
+        weights = self.model.resolve_weights(run, self.spec)
+        return {
+            **self.model.inputs(weights),
+            **self.data.inputs(),
+            **self.labels.inputs(run, self.data),
+        }
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **self.model.params(self.spec),
+            **self.config.params(),
+            **self.data.params(),
+            "reference": self.labels.given,
+        }
+
+    def run(self, ctx: StageContext) -> BtcResult:
+        from quantpipe.engines.torch_runner import TorchRunner, set_torch_threads
+        from quantpipe.models.registry import build_model
+        from quantpipe.stages.btc_coder import Coder, baselines
+        from quantpipe.stages.model_accuracy import torch_accuracy
+
+        set_torch_threads(ctx.threads)
+        spec, cfg, seed = self.spec, self.config, self.data.seed
+        net = build_model(spec, self.model.resolve_weights(ctx.run, spec))
+        dataset = self.data.open()
+        # Without labels, accuracy is agreement with the FP32 model: the run's ONNX (or
+        # --reference), else this very PyTorch model before coding.
+        fallback = (lambda: TorchRunner(net), f"the predictions of the FP32 PyTorch {spec.name}")
+        val, test = self.labels.val_test(
+            dataset, spec.preprocessing, self.data, cfg.eval_count, ctx, fallback
+        )
+        calib = select(dataset, "calib", spec.preprocessing, seed, cfg.calib_count)
+        coder = Coder(net, spec, calib, RetuneConfig(steps=cfg.retune(), seed=seed), ctx.progress)
+        fp32 = SplitScores(torch_accuracy(net, val, spec), torch_accuracy(net, test, spec))
+        chosen, candidates = cfg.mode.choose(coder, fp32.val, val)
+        container, size = self._write_artifacts(ctx, coder, chosen)
+        result = BtcResult(
+            mode=cfg.mode.name,
+            retune_steps=cfg.retune(),
+            summary=chosen.encoding.summary,
+            accuracy=BtcAccuracy(
+                fp32, torch_accuracy(chosen.model, test, spec), test.info(), val.info()
+            ),
+            baselines=baselines(coder, test),
+            candidates=[
+                Candidate(**c.row(fp32.val), test_accuracy=torch_accuracy(c.model, test, spec))
+                for c in candidates
+            ],
+            container=container,
+            size=size,
+            truth=test.truth,
+        )
+        write_figures(ctx, coder, chosen, result)
+        return result
+
+    def _write_artifacts(
+        self, ctx: StageContext, coder: Coder, chosen: Coded
+    ) -> tuple[ContainerAccounting, BtcSize]:
+        import onnx
+
+        from quantpipe.btc.container import write_container
+
         accounting = write_container(
             ctx.output(BTC_CONTAINER),
             chosen.encoding.encoded,
             coder.uncoded(chosen.model),
-            {"model": spec.name, "policy": chosen.encoding.summary.policy},
+            {"model": self.spec.name, "policy": chosen.encoding.summary.policy},
         )
         onnx_tmp = ctx.output(BTC_ONNX)
-        onnx.save(_export_decoded(chosen.model, spec), str(onnx_tmp))
+        onnx.save(_export_decoded(chosen.model, self.spec), str(onnx_tmp))
         # The decoded ONNX has the FP32 graph and float32 weights: its size is the FP32
         # ONNX size that the container is compared with.
-        size = {"btc_bytes": accounting.file_bytes, "onnx_fp32_bytes": onnx_tmp.stat().st_size}
-        results = {
-            "mode": cfg.mode,
-            "retune_steps": cfg.retune(),
-            "summary": chosen.encoding.summary.to_dict(),
-            "accuracy": {
-                "fp32": fp32,
-                "btc_test": torch_accuracy(chosen.model, test, spec),
-                "data_test": test.provenance(),
-                "data_val": val.provenance(),
-            },
-            "baselines": baselines(coder, test),
-            "candidates": [
-                c.row(fp32["val"]) | {"test_accuracy": torch_accuracy(c.model, test, spec)}
-                for c in candidates
-            ],
-            "container": asdict(accounting),
-            "size": {**size, "ratio": size["onnx_fp32_bytes"] / size["btc_bytes"]},
-        }
-        write_figures(ctx, coder, chosen, results)
-        return results
-
-    return run_stage(run, "btc", stage_inputs(model, weights, data), params, body, force)
+        fp32_bytes = onnx_tmp.stat().st_size
+        ratio = fp32_bytes / accounting.file_bytes
+        return accounting, BtcSize(accounting.file_bytes, fp32_bytes, ratio)
 
 
-def write_figures(ctx: StageContext, coder: Coder, chosen: Coded, results: dict[str, Any]) -> None:
+def write_figures(ctx: StageContext, coder: Coder, chosen: Coded, result: BtcResult) -> None:
     """The paper's Fig. 1 (largest layer) and, after a search, Fig. 6; plus the text table."""
+    from quantpipe.btc.model import decode_model
+    from quantpipe.btc.plots import accuracy_vs_block_size, weight_histograms
+    from quantpipe.btc.uniform import per_tensor_minmax
+
     layer = max(coder.names, key=lambda k: coder.state[k].size)
     decoded = decode_model({layer: chosen.encoding.encoded[layer]})[layer]
     uniform = per_tensor_minmax(coder.state[layer]).reconstruction
-    weight_histograms(coder.state[layer], decoded, uniform, layer, ctx.output(HISTOGRAM_PNG))
-    if results["candidates"]:
-        accuracy_vs_block_size(results["candidates"], results["accuracy"]["fp32"]["test"],
-                               ctx.output(BLOCK_SIZE_PNG))  # fmt: skip
-    ctx.output(REPORT_MD).write_text(btc_table(results, coder.spec.name) + "\n")
+    weight_histograms(coder.state[layer], decoded, uniform, layer, ctx.output(BTC_HISTOGRAM_PNG))
+    if result.candidates:
+        fp32_test = result.accuracy.fp32.test
+        accuracy_vs_block_size(result.candidates, fp32_test, ctx.output(BTC_BLOCK_SIZE_PNG))
+    ctx.output(BTC_REPORT_MD).write_text(result.table(coder.spec.name) + "\n")
 
 
-def _export_decoded(net: nn.Module, spec: ModelSpec) -> onnx.ModelProto:
+def _export_decoded(net: nn.Module, spec: ModelSpec) -> Any:
+    from quantpipe.export.onnx_export import ExportOptions, export_onnx
+
     proto = export_onnx(net, spec, ExportOptions())
     prop = proto.metadata_props.add()
     prop.key, prop.value = "quantpipe.compression", "btc"

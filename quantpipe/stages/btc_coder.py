@@ -1,11 +1,12 @@
 """The btc stage's working parts: code a model under a policy, decode (and re-tune) it,
-choose among candidates on `val`, and the 8-bit baselines."""
+search candidates on `val`, and the 8-bit baselines. The modes (btc_modes.py) decide
+which candidates to try and how to pick; this module knows nothing of them."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -18,13 +19,10 @@ from quantpipe.btc.uniform import per_channel_percentile, per_tensor_minmax
 from quantpipe.data.selection import Selection
 from quantpipe.errors import QuantpipeError
 from quantpipe.models.spec import ModelSpec
+from quantpipe.stages.btc_result import Baseline
 from quantpipe.stages.model_accuracy import torch_accuracy
 
-if TYPE_CHECKING:
-    from quantpipe.stages.btc import BtcConfig
-
 IMPORTANCE_SAMPLES = 512
-PAPER_MAX_DROP = 2.0  # points: the paper's selection bound, used when --max-drop is unset
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,38 +97,24 @@ class Coder:
         return with_weights(copy.deepcopy(self.net), weights)
 
 
-def choose(
-    coder: Coder, policies: list[Policy], cfg: BtcConfig, fp32_val: float, val: Selection
+def search(
+    coder: Coder,
+    policies: list[Policy],
+    fp32_val: float,
+    val: Selection,
+    max_drop: float,
+    max_rmse: float | None,
+    first_admissible: bool,
 ) -> tuple[Coded, list[Coded]]:
-    """The fixed modes code once; the target-bits mode keeps the least Fisher-weighted
-    error; the searches keep the fewest effective bits admissible on `val`."""
-    if not policies:
-        raise QuantpipeError(
-            f"--target-bits {cfg.target_bits} is below {cfg.low_bits} payload bits plus the block "
-            f"headers for every block size in {cfg.block_sizes}: raise it"
-        )
-    if len(policies) == 1:
-        return coder.code(policies[0]), []
-    if cfg.mode == "target-bits":
-        # Re-tuning is the slow part: only the block size with the least error gets it.
-        encodings = [(p, coder.encode(p)) for p in policies]
-        policy, encoding = min(encodings, key=lambda pe: pe[1].summary.wsse or 0.0)
-        return coder.code(policy, encoding), []
-    return _search(coder, policies, cfg, fp32_val, val)
-
-
-def _search(
-    coder: Coder, policies: list[Policy], cfg: BtcConfig, fp32_val: float, val: Selection
-) -> tuple[Coded, list[Coded]]:
-    max_drop = PAPER_MAX_DROP if cfg.max_drop is None else cfg.max_drop
-    max_rmse = cfg.max_rmse if cfg.search else None
+    """Code and score each policy on `val`; keep the fewest effective bits whose accuracy
+    drop (and RMSE, when bounded) is admissible. `first_admissible` stops at the first
+    one, for policies ordered by ascending budget."""
     scored: list[Coded] = []
     for policy in policies:
         c = coder.code(policy)
         c = Coded(c.policy, c.encoding, c.model, torch_accuracy(c.model, val, coder.spec))
         scored.append(c)
-        # The budget ladder is ascending: its first admissible rung is the answer.
-        if cfg.mode == "max-drop" and _admissible(c, fp32_val, max_drop, max_rmse):
+        if first_admissible and _admissible(c, fp32_val, max_drop, max_rmse):
             break
     ok = [c for c in scored if _admissible(c, fp32_val, max_drop, max_rmse)]
     if not ok:
@@ -149,7 +133,7 @@ def _admissible(c: Coded, fp32_val: float, max_drop: float, max_rmse: float | No
     return drop_ok and (max_rmse is None or c.encoding.summary.rmse <= max_rmse)
 
 
-def baselines(coder: Coder, test: Selection) -> dict[str, Any]:
+def baselines(coder: Coder, test: Selection) -> dict[str, Baseline]:
     """8-bit per-tensor min/max (paper §2.3) and per-channel 99.99th-percentile quantizers."""
     out = {}
     for label, fn in (
@@ -159,12 +143,12 @@ def baselines(coder: Coder, test: Selection) -> dict[str, Any]:
         results = {k: fn(coder.state[k]) for k in coder.names}
         n = sum(r.reconstruction.size for r in results.values())
         net = coder.with_reconstruction({k: r.reconstruction for k, r in results.items()})
-        out[label] = {
-            "test_accuracy": torch_accuracy(net, test, coder.spec),
-            "bits": 8,
-            "b_eff": sum(r.b_eff * r.reconstruction.size for r in results.values()) / n,
-            "rmse": float(
+        out[label] = Baseline(
+            test_accuracy=torch_accuracy(net, test, coder.spec),
+            bits=8,
+            b_eff=sum(r.b_eff * r.reconstruction.size for r in results.values()) / n,
+            rmse=float(
                 np.sqrt(sum(r.rmse**2 * r.reconstruction.size for r in results.values()) / n)
             ),
-        }
+        )
     return out

@@ -3,20 +3,23 @@ calibrator, cached in `calib/<key>.json` + `calib/<key>.trtcache`.
 
 The key covers the model's sha256, the calibrator and its parameters, and the data's
 provenance (source, split, count, seed, preprocessing): a table is reused only for the
-same model and data, and the reuse is reported.
+same model and data, and the reuse is reported. Tables are written (atomically) as soon
+as they are computed, so a later failure of `ptq` does not throw calibration away; the
+`calibrate` stage records them as its outputs.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 
+from quantpipe.artifacts import CALIB_DIR, onnx_label
 from quantpipe.calibration import (
     CALIBRATORS,
     CalibrationTable,
@@ -32,12 +35,16 @@ from quantpipe.calibration import (
     table_paths,
     write_table,
 )
-from quantpipe.data.selection import Selection
+from quantpipe.data.selection import DataInfo, Selection, select
 from quantpipe.errors import DataError, QuantpipeError
+from quantpipe.export.metadata import require_contract
 from quantpipe.pipeline.hashing import sha256_file
+from quantpipe.pipeline.results import JsonResult
+from quantpipe.pipeline.rundir import RunDir
+from quantpipe.pipeline.stage import StageContext
 from quantpipe.quantize import QDQConfig, plan_qdq
+from quantpipe.stages.common import DataRef
 
-CALIB_DIR = "calib"
 MIN_RECOMMENDED_SAMPLES = 32
 CALIBRATOR_NAMES = tuple(CALIBRATORS)
 
@@ -48,7 +55,6 @@ class CalibrateConfig:
     percentile: float = 99.99
     count: int = 1024
     batch_size: int = 32
-    threads: int = 0
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -64,25 +70,80 @@ class CalibrateConfig:
 
 
 @dataclass
-class CalibrationResult:
+class CalibrationTables:
     tables: dict[str, CalibrationTable]
     reused: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TableNote:
+    """One calibrator's table: its cache key, how many tensors, reused or computed."""
+
+    key: str
+    tensors: int
+    reused: bool
+
+
+@dataclass(frozen=True)
+class CalibrateResult(JsonResult):
+    tables: dict[str, TableNote]
+    data: DataInfo
+
+    def lines(self) -> list[str]:
+        return [
+            f"{name}: {'reused cached table' if t.reused else 'computed'} "
+            f"{CALIB_DIR}/{t.key}.json (+ .trtcache), {t.tensors} tensors"
+            for name, t in self.tables.items()
+        ]
+
+
+@dataclass(frozen=True)
+class CalibrateStage:
+    onnx: Path
+    data: DataRef
+    config: CalibrateConfig = field(default_factory=CalibrateConfig)
+    kind: ClassVar[str] = "calibrate"
+    result_type: ClassVar[type[CalibrateResult]] = CalibrateResult
+
+    @property
+    def name(self) -> str:
+        label = onnx_label(self.onnx)
+        return self.kind if label == "fp32" else f"{self.kind}.{label}"
+
+    def inputs(self, run: RunDir) -> dict[str, Path]:
+        return {"onnx": self.onnx, **self.data.inputs()}
+
+    def params(self) -> dict[str, Any]:
+        return {**asdict(self.config), **self.data.params()}
+
+    def run(self, ctx: StageContext) -> CalibrateResult:
+        contract = require_contract(self.onnx)
+        calib = select(
+            self.data.open(), "calib", contract.preprocessing, self.data.seed, self.config.count
+        )
+        found = calibration_tables(ctx.run.path, self.onnx, calib, self.config, ctx)
+        notes = {}
+        for name, table in found.tables.items():
+            for path in table_paths(CALIB_DIR, table.key):
+                ctx.adopt(str(path))
+            notes[name] = TableNote(table.key, len(table.amax), name in found.reused)
+        return CalibrateResult(notes, calib.info())
 
 
 def _config(name: str, percentile: float) -> CalibratorConfig:
     return make_config(name, percentile=percentile) if name == "percentile" else make_config(name)
 
 
-def calibrate(
-    run_dir: Path, onnx_path: Path, calib: Selection, cfg: CalibrateConfig, progress: bool
-) -> CalibrationResult:
+def calibration_tables(
+    run_dir: Path, onnx_path: Path, calib: Selection, cfg: CalibrateConfig, ctx: StageContext
+) -> CalibrationTables:
     """Tables for every calibrator in `cfg`: from the cache where they match, else from
     one statistics pass over `calib` (shared by all missing calibrators)."""
     _warn_if_few(calib)
     model_sha = sha256_file(onnx_path)
     provenance = calib.provenance()
-    result = CalibrationResult({})
+    result = CalibrationTables({})
     missing = []
     for config in cfg.configs():
         key = cache_key(model_sha, config, provenance)
@@ -92,7 +153,7 @@ def calibrate(
         else:
             missing.append(config)
     if missing:
-        amaxes = _collect(onnx_path, calib, missing, cfg, progress)
+        amaxes = _collect(onnx_path, calib, missing, cfg, ctx)
         for config in missing:
             table = make_table(model_sha, config, provenance, amaxes[config])
             write_table(run_dir / CALIB_DIR, table)
@@ -106,7 +167,7 @@ def _collect(
     calib: Selection,
     configs: list[CalibratorConfig],
     cfg: CalibrateConfig,
-    progress: bool,
+    ctx: StageContext,
 ) -> dict[CalibratorConfig, dict[str, float]]:
     model = onnx.load(str(onnx_path))
     tensors = plan_qdq(model, QDQConfig(exclude=cfg.exclude)).calibration_tensors
@@ -115,7 +176,7 @@ def _collect(
         model,
         _feeds(calib, input_name, cfg.batch_size),
         tensors,
-        CollectConfig(threads=cfg.threads, progress=progress),
+        CollectConfig(threads=ctx.threads, progress=ctx.progress),
     )
     return {c: dict(a) for c, a in compute_all(stats, configs).items()}
 

@@ -1,21 +1,27 @@
-"""What several stages share: model/data references and how they resolve in a run."""
+"""What several stages share: model and data references, how they resolve in a run, and
+where the labels come from for data without them."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quantpipe.data.registry import Dataset, open_dataset, parse_data_spec
+from quantpipe.artifacts import FP32_ONNX, TRAINED_WEIGHTS
+from quantpipe.data.registry import DATASETS, Dataset, open_dataset, parse_data_spec
+from quantpipe.data.selection import Selection, select
+from quantpipe.engines.base import RunnerContext
+from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
+from quantpipe.engines.ort_session import OrtConfig
 from quantpipe.errors import DataError, ModelError, QuantpipeError
-from quantpipe.models.checkpoint import check_weights_argument
-from quantpipe.models.registry import get_model_spec
-from quantpipe.models.spec import ModelSpec
+from quantpipe.evaluate.reference import ensure_labels
 from quantpipe.pipeline.rundir import RunDir
+from quantpipe.pipeline.stage import StageContext
 
-TRAINED_WEIGHTS = "model.pt"
-FP32_ONNX = "model.fp32.onnx"
+if TYPE_CHECKING:
+    from quantpipe.models.spec import ModelSpec, Preprocessing
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,42 @@ class ModelRef:
     input_shape: tuple[int, ...] | None = None
 
     def spec(self) -> ModelSpec:
+        from quantpipe.models.registry import get_model_spec
+
         return get_model_spec(self.name, self.input_shape)
+
+    def params(self, spec: ModelSpec) -> dict[str, Any]:
+        """What identifies the model in a stage's parameters (its weights are an input)."""
+        return {
+            "model": self.name,
+            "input_shape": list(spec.input_shape),
+            "preprocessing": spec.preprocessing.to_dict(),
+        }
+
+    def resolve_weights(self, run: RunDir, spec: ModelSpec) -> str | None:
+        """The weights to use: as given, else those the run's train stage wrote."""
+        if self.weights is not None:
+            from quantpipe.models.checkpoint import check_weights_argument
+
+            return str(check_weights_argument(self.weights))
+        trained = run.artifact(TRAINED_WEIGHTS)
+        if spec.weights == "trained":
+            if not trained.is_file():
+                raise ModelError(
+                    f"model {spec.name} has no weights in {run.path}: run `quantpipe train` for "
+                    "this run first, or pass --weights FILE"
+                )
+            return str(trained)
+        return None
+
+    def inputs(self, weights: str | None) -> dict[str, Path]:
+        """The model's files whose content decides a stage's result."""
+        inputs: dict[str, Path] = {}
+        if weights is not None:
+            inputs["weights"] = Path(weights)
+        if ".py:" in self.name:
+            inputs["model_file"] = Path(self.name.rpartition(":")[0])
+        return inputs
 
 
 @dataclass(frozen=True)
@@ -50,40 +91,93 @@ class DataRef:
             raise DataError(f"data path not found: {path} (from --data {self.spec})")
         return path
 
+    def may_lack_labels(self) -> bool:
+        return not DATASETS[parse_data_spec(self.spec)[0]].always_labelled
 
-def resolve_weights(run: RunDir, spec: ModelSpec, weights: str | None) -> str | None:
-    """The weights to use: as given, else those the run's train stage wrote."""
-    if weights is not None:
-        return str(check_weights_argument(weights))
-    trained = run.artifact(TRAINED_WEIGHTS)
-    if spec.weights == "trained":
-        if not trained.is_file():
-            raise ModelError(
-                f"model {spec.name} has no weights in {run.path}: run `quantpipe train` for this "
-                "run first, or pass --weights FILE"
+    def inputs(self) -> dict[str, Path]:
+        path = self.path()
+        return {} if path is None else {"data": path}
+
+    def params(self) -> dict[str, Any]:
+        return {"data": self.spec, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where labels come from when the data has none: a reference ONNX model's predictions.
+
+    `given` is the user's --reference; by default the run's own FP32 ONNX model is used.
+    """
+
+    given: str | None = None
+
+    def path(self, run: RunDir) -> Path:
+        return Path(self.given) if self.given else run.artifact(FP32_ONNX)
+
+    def inputs(self, run: RunDir, data: DataRef) -> dict[str, Path]:
+        """The reference is an input wherever it may be used (so a new one reruns the stage)."""
+        path = self.path(run)
+        if self.given is not None and not path.is_file():
+            raise QuantpipeError(
+                f"reference model not found: {path} (from --reference); pass the FP32 ONNX "
+                "model whose predictions stand in for labels"
             )
-        return str(trained)
-    return None
+        may_use = self.given is not None or (data.may_lack_labels() and path.is_file())
+        return {"reference": path} if may_use else {}
+
+    def label(
+        self,
+        selection: Selection,
+        run: RunDir,
+        threads: int,
+        fallback: tuple[Callable[[], RunnerContext], str] | None = None,
+    ) -> Selection:
+        """`selection` with labels: its own, else the reference model's predictions.
+
+        Args:
+            fallback: a reference runner factory and its name, used when there is no
+                reference ONNX file (the btc stage passes its FP32 PyTorch model).
+        """
+        if selection.labels is not None:
+            return selection
+        path = self.path(run)
+        if path.is_file() or fallback is None:
+            self._check(path)
+            return ensure_labels(selection, lambda: _onnx_runner(path, threads), _named(path))
+        return ensure_labels(selection, *fallback)
+
+    def val_test(
+        self,
+        dataset: Dataset,
+        pre: Preprocessing,
+        data: DataRef,
+        count: int | None,
+        ctx: StageContext,
+        fallback: tuple[Callable[[], RunnerContext], str] | None = None,
+    ) -> tuple[Selection, Selection]:
+        """The `val` split (selection) and the `test` split (report), first `count` samples
+        of each, with labels (see `label`)."""
+        val, test = (
+            self.label(select(dataset, s, pre, data.seed, count), ctx.run, ctx.threads, fallback)
+            for s in ("val", "test")
+        )
+        return val, test
+
+    def _check(self, path: Path) -> None:
+        if not path.is_file():
+            raise QuantpipeError(
+                f"the data has no labels, so accuracy is agreement with a reference model, and "
+                f"{path} does not exist: run `quantpipe export` first or pass --reference "
+                "FP32.onnx"
+            )
 
 
-def stage_inputs(model: ModelRef, weights: str | None, data: DataRef | None) -> dict[str, Path]:
-    """Files whose content decides a stage's result (fingerprinted in the manifest)."""
-    inputs: dict[str, Path] = {}
-    if weights is not None:
-        inputs["weights"] = Path(weights)
-    if ".py:" in model.name:
-        inputs["model_file"] = Path(model.name.rpartition(":")[0])
-    if data is not None and (path := data.path()) is not None:
-        inputs["data"] = path
-    return inputs
+def _named(path: Path) -> str:
+    return f"the predictions of {path.name}"
 
 
-def model_params(model: ModelRef, spec: ModelSpec) -> dict[str, Any]:
-    return {
-        "model": model.name,
-        "input_shape": list(spec.input_shape),
-        "preprocessing": spec.preprocessing.to_dict(),
-    }
+def _onnx_runner(path: Path, threads: int) -> RunnerContext:
+    return OnnxRuntimeRunner(path, OrtConfig(threads=threads))
 
 
 def default_run_name(model_name: str) -> str:

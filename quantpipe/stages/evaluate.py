@@ -1,151 +1,147 @@
-"""`eval`: accuracy of an ONNX model (ONNX Runtime) or of the PyTorch model, on a split."""
+"""`eval`: accuracy of a model through any backend of the registry, on a split.
+
+ONNX backends run an ONNX file (default: the run's `model.fp32.onnx`); PyTorch backends
+run the model built from --model/--weights. Data without labels is scored as agreement
+with the FP32 model (the run's own, or --reference).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from quantpipe.data.selection import select
+from quantpipe.artifacts import eval_file, onnx_label
+from quantpipe.data.selection import DataInfo, select
+from quantpipe.engines.backend import Backend, RunnerOptions
 from quantpipe.engines.base import RunnerContext
-from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner, OrtConfig
-from quantpipe.engines.torch_runner import TorchRunner
+from quantpipe.engines.registry import DEFAULT_BACKEND, get_backend
 from quantpipe.errors import QuantpipeError
-from quantpipe.evaluate.evaluate import EvalSetup, evaluate
-from quantpipe.export.onnx_export import load_onnx, read_metadata
-from quantpipe.models.registry import build_model
-from quantpipe.models.spec import Preprocessing
-from quantpipe.pipeline.atomic import atomic_path
+from quantpipe.evaluate.evaluate import EvalSetup, Score, evaluate
+from quantpipe.export.metadata import ModelContract, contract_from_onnx, require_contract
 from quantpipe.pipeline.rundir import RunDir
-from quantpipe.pipeline.stage import StageContext, StageOutcome, run_stage
-from quantpipe.stages.common import FP32_ONNX, DataRef, ModelRef, resolve_weights, stage_inputs
-
-BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "torch-cpu", "torch-cuda")
+from quantpipe.pipeline.stage import StageContext
+from quantpipe.stages.common import DataRef, LabelSource, ModelRef
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    backend: str = "onnxruntime-cpu"
+    backend: str = DEFAULT_BACKEND
     split: str = "test"
     count: int | None = None
     batch_size: int = 256
-    threads: int = 0
-    # For data without labels: the model whose arg-max counts as the truth (agreement).
-    # Default: the run's model.fp32.onnx.
-    reference: str | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise QuantpipeError(
-                f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}"
-            )
+        get_backend(self.backend)  # an unknown name is refused here, naming the known ones
         if self.batch_size < 1:
             raise QuantpipeError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
-class ModelContract:
-    """What evaluation needs to know about a model, from ONNX metadata or the registry."""
+class EvalResult(Score):
+    """The score, what was evaluated (artifact label, backend) and exactly on what data."""
 
-    preprocessing: Preprocessing
-    task: str
-    num_classes: int
+    artifact: str = ""
+    backend: str = ""
+    provenance: DataInfo | None = None
 
-
-def artifact_label(onnx_path: Path | None) -> str:
-    """`model.fp32.onnx` → `fp32`; PyTorch itself → `pytorch`."""
-    if onnx_path is None:
-        return "pytorch"
-    name = onnx_path.name.removesuffix(".onnx")
-    return name.removeprefix("model.") if name != "model" else "model"
+    def lines(self) -> list[str]:
+        return [self.headline()]
 
 
-def run_eval(
-    run: RunDir,
-    onnx_path: Path | None,
-    model: ModelRef | None,
-    data: DataRef,
-    cfg: EvalConfig,
-    force: bool,
-    progress: bool = True,
-) -> StageOutcome:
-    """Evaluate an ONNX file (ONNX Runtime backends) or the PyTorch model (torch backends)."""
-    on_torch = cfg.backend.startswith("torch")
-    if on_torch and model is None:
-        raise QuantpipeError(f"--backend {cfg.backend} evaluates the PyTorch model: pass --model")
-    if not on_torch and (onnx_path is None or not onnx_path.is_file()):
-        raise QuantpipeError(
-            f"ONNX model not found: {onnx_path} (run `quantpipe export` first or pass --onnx FILE)"
+@dataclass(frozen=True)
+class EvalStage:
+    """Evaluate `onnx` (ONNX backends) or the PyTorch `model` (PyTorch backends)."""
+
+    data: DataRef
+    onnx: Path | None = None
+    model: ModelRef | None = None
+    config: EvalConfig = field(default_factory=EvalConfig)
+    labels: LabelSource = field(default_factory=LabelSource)
+    kind: ClassVar[str] = "eval"
+    result_type: ClassVar[type[EvalResult]] = EvalResult
+
+    def __post_init__(self) -> None:
+        runs = self.backend.runs
+        if runs == "torch" and self.model is None:
+            raise QuantpipeError(
+                f"--backend {self.backend.name} evaluates the PyTorch model: pass --model"
+            )
+        if runs == "onnx" and (self.onnx is None or not self.onnx.is_file()):
+            raise QuantpipeError(
+                f"ONNX model not found: {self.onnx} (run `quantpipe export` first or pass "
+                "--onnx FILE)"
+            )
+        if runs == "engine":
+            raise QuantpipeError(
+                f"--backend {self.backend.name} runs engine files, which `eval` does not take: "
+                "evaluate the ONNX model with an ONNX Runtime backend"
+            )
+
+    @property
+    def backend(self) -> Backend:
+        return get_backend(self.config.backend)
+
+    @property
+    def artifact(self) -> str:
+        return onnx_label(None if self.backend.runs == "torch" else self.onnx)
+
+    @property
+    def name(self) -> str:
+        return f"eval.{self.artifact}.{self.config.backend}"
+
+    def contract(self) -> ModelContract:
+        """Preprocessing, task and class count: from the ONNX metadata, else the registry."""
+        if self.model is None:
+            return require_contract(self.onnx)  # type: ignore[arg-type]  # checked on creation
+        found = contract_from_onnx(self.onnx) if self.backend.runs == "onnx" and self.onnx else None
+        return found or ModelContract.of_spec(self.model.spec())
+
+    def inputs(self, run: RunDir) -> dict[str, Path]:
+        inputs = {**self.data.inputs(), **self.labels.inputs(run, self.data)}
+        if self.backend.runs == "torch" and self.model is not None:
+            inputs |= self.model.inputs(self.model.resolve_weights(run, self.model.spec()))
+        if self.backend.runs == "onnx" and self.onnx is not None:
+            inputs["onnx"] = self.onnx
+        return inputs
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "backend": self.config.backend,
+            "split": self.config.split,
+            "count": self.config.count,
+            "batch_size": self.config.batch_size,
+            "reference": self.labels.given,
+            **self.data.params(),
+            "preprocessing": self.contract().preprocessing.to_dict(),
+        }
+
+    def run(self, ctx: StageContext) -> EvalResult:
+        contract, cfg = self.contract(), self.config
+        selection = select(
+            self.data.open(), cfg.split, contract.preprocessing, self.data.seed, cfg.count
         )
-    weights = resolve_weights(run, model.spec(), model.weights) if on_torch and model else None
-    inputs = stage_inputs(model or ModelRef(""), weights, data)
-    contract = model_contract(onnx_path if not on_torch else None, model)
-    label = f"{artifact_label(None if on_torch else onnx_path)}.{cfg.backend}"
-    if onnx_path is not None and not on_torch:
-        inputs["onnx"] = onnx_path
-    if cfg.reference:
-        inputs["reference"] = Path(cfg.reference)
-    params = {
-        **asdict(cfg),
-        "data": data.spec,
-        "seed": data.seed,
-        "preprocessing": contract.preprocessing.to_dict(),
-    }
-    params.pop("threads")
-
-    def body(ctx: StageContext) -> dict[str, Any]:
-        selection = select(data.open(), cfg.split, contract.preprocessing, data.seed, cfg.count)
-        runner = _runner(cfg, onnx_path, model, weights)
-        setup = EvalSetup(contract.task, contract.num_classes, cfg.batch_size, progress)
-        reference = None if selection.labels is not None else _reference(run, cfg)
-        with runner, contextlib.ExitStack() as stack:
-            if reference is not None:
-                stack.enter_context(reference)
-            result = evaluate(runner, selection, setup, reference)  # type: ignore[arg-type]
-        result["provenance"] = selection.provenance()
-        with atomic_path(ctx.output(f"eval/{label}.json")) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        selection = self.labels.label(selection, ctx.run, ctx.threads)
+        setup = EvalSetup(contract.task, contract.num_classes, cfg.batch_size, ctx.progress)
+        with self._runner(ctx) as runner:
+            score = evaluate(runner, selection, setup)
+        result = EvalResult(
+            **vars(score),
+            artifact=self.artifact,
+            backend=cfg.backend,
+            provenance=selection.info(),
+        )
+        out = ctx.output(eval_file(self.artifact, cfg.backend))
+        out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
         return result
 
-    return run_stage(run, f"eval.{label}", inputs, params, body, force)
+    def _runner(self, ctx: StageContext) -> RunnerContext:
+        options = RunnerOptions(threads=ctx.threads)
+        if self.backend.runs == "torch" and self.model is not None:
+            from quantpipe.models.registry import build_model
 
-
-def _reference(run: RunDir, cfg: EvalConfig) -> OnnxRuntimeRunner:
-    path = Path(cfg.reference) if cfg.reference else run.artifact(FP32_ONNX)
-    if not path.is_file():
-        raise QuantpipeError(
-            f"the data has no labels, so accuracy is agreement with a reference model, and "
-            f"{path} does not exist: pass --reference FP32.onnx"
-        )
-    return OnnxRuntimeRunner(path, OrtConfig(threads=cfg.threads))
-
-
-def _runner(
-    cfg: EvalConfig, onnx_path: Path | None, model: ModelRef | None, weights: str | None
-) -> RunnerContext:
-    device = cfg.backend.split("-", 1)[1]
-    if cfg.backend.startswith("torch"):
-        assert model is not None  # checked by run_eval
-        return TorchRunner(build_model(model.spec(), weights), device, cfg.threads)
-    return OnnxRuntimeRunner(onnx_path, OrtConfig(device, cfg.threads))  # type: ignore[arg-type]
-
-
-def model_contract(onnx_path: Path | None, model: ModelRef | None) -> ModelContract:
-    """Preprocessing, task and class count: from the ONNX metadata, else the registry."""
-    if onnx_path is not None:
-        meta = read_metadata(load_onnx(onnx_path))
-        if "quantpipe.preprocessing" in meta:
-            return ModelContract(
-                Preprocessing.from_dict(json.loads(meta["quantpipe.preprocessing"])),
-                meta.get("quantpipe.task", "classification"),
-                int(meta.get("quantpipe.num_classes", "0")),
-            )
-    if model is None:
-        raise QuantpipeError(
-            f"{onnx_path} carries no quantpipe preprocessing metadata: pass "
-            "--model NAME so its preprocessing is known"
-        )
-    spec = model.spec()
-    return ModelContract(spec.preprocessing, spec.task, spec.num_classes)
+            spec = self.model.spec()
+            net = build_model(spec, self.model.resolve_weights(ctx.run, spec))
+            return self.backend.runner(net, options)
+        return self.backend.runner(self.onnx, options)

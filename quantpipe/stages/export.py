@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
-import onnx
 
+from quantpipe.artifacts import FP32_ONNX
 from quantpipe.data.registry import Dataset
 from quantpipe.data.selection import Selection, select
 from quantpipe.data.sources import array_source
-from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner, OrtConfig
-from quantpipe.engines.torch_runner import TorchRunner
 from quantpipe.errors import QuantpipeError
-from quantpipe.export.onnx_export import ExportOptions, export_onnx, graph_summary
-from quantpipe.export.parity import MIN_TOP1_AGREEMENT, Parity, check_parity
-from quantpipe.models.registry import build_model
+from quantpipe.export.options import MIN_OPSET, ExportOptions
+from quantpipe.export.parity import MIN_TOP1_AGREEMENT, Parity
 from quantpipe.models.spec import ModelSpec
+from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
-from quantpipe.pipeline.stage import StageContext, StageOutcome, run_stage
-from quantpipe.stages.common import (
-    FP32_ONNX,
-    DataRef,
-    ModelRef,
-    model_params,
-    resolve_weights,
-    stage_inputs,
-)
+from quantpipe.pipeline.stage import StageContext
+from quantpipe.stages.common import DataRef, ModelRef
 
 SYNTHETIC_SAMPLES = 64
 # Without data, parity is checked on random inputs, where arg-max ties make agreement
@@ -37,10 +30,9 @@ SYNTHETIC_RTOL = 1e-4
 
 @dataclass(frozen=True)
 class ExportConfig:
-    opset: int = 17
+    opset: int = MIN_OPSET
     parity_split: str = "val"
     parity_count: int = 1000
-    threads: int = 0
 
     def __post_init__(self) -> None:
         ExportOptions(self.opset)  # validates the opset
@@ -48,45 +40,93 @@ class ExportConfig:
             raise QuantpipeError(f"--parity-count must be at least 1, got {self.parity_count}")
 
 
-def run_export(
-    run: RunDir, model: ModelRef, data: DataRef | None, cfg: ExportConfig, force: bool
-) -> StageOutcome:
-    spec = model.spec()
-    weights = resolve_weights(run, spec, model.weights)
-    params = {
-        **model_params(model, spec),
-        **asdict(cfg),
-        "data": None if data is None else data.spec,
-        "seed": None if data is None else data.seed,
-    }
-    params.pop("threads")
+@dataclass(frozen=True)
+class GraphSummary:
+    opset: int
+    nodes: int
+    ops: dict[str, int]
+    batchnorm_nodes: int
 
-    def body(ctx: StageContext) -> dict[str, Any]:
-        net = build_model(spec, weights)
-        proto = export_onnx(net, spec, ExportOptions(cfg.opset))
+
+@dataclass(frozen=True)
+class ExportResult(JsonResult):
+    parity: Parity
+    graph: GraphSummary
+    weights: str | None
+
+    def lines(self) -> list[str]:
+        p = self.parity
+        return [
+            f"parity vs PyTorch: max |Δlogit| {p.max_abs_diff:.2e}, top-1 agreement "
+            f"{p.top1_agreement:.2f} % on {p.data}"
+        ]
+
+
+@dataclass(frozen=True)
+class ExportStage:
+    model: ModelRef
+    data: DataRef | None = None
+    config: ExportConfig = field(default_factory=ExportConfig)
+    kind: ClassVar[str] = "export"
+    result_type: ClassVar[type[ExportResult]] = ExportResult
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @cached_property
+    def spec(self) -> ModelSpec:
+        return self.model.spec()
+
+    def inputs(self, run: RunDir) -> dict[str, Path]:
+        weights = self.model.resolve_weights(run, self.spec)
+        return {**self.model.inputs(weights), **(self.data.inputs() if self.data else {})}
+
+    def params(self) -> dict[str, Any]:
+        data = self.data.params() if self.data else {"data": None, "seed": None}
+        return {
+            **self.model.params(self.spec),
+            "opset": self.config.opset,
+            "parity_split": self.config.parity_split,
+            "parity_count": self.config.parity_count,
+            **data,
+        }
+
+    def run(self, ctx: StageContext) -> ExportResult:
+        import onnx
+
+        from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
+        from quantpipe.engines.ort_session import OrtConfig
+        from quantpipe.engines.torch_runner import TorchRunner
+        from quantpipe.export.onnx_export import export_onnx, graph_summary
+        from quantpipe.export.parity import check_parity
+        from quantpipe.models.registry import build_model
+
+        weights = self.model.resolve_weights(ctx.run, self.spec)
+        net = build_model(self.spec, weights)
+        proto = export_onnx(net, self.spec, ExportOptions(self.config.opset))
         tmp = ctx.output(FP32_ONNX)
         onnx.save(proto, str(tmp))
-        samples = _parity_samples(data, spec, cfg)
+        samples = self._parity_samples()
         with (
-            TorchRunner(net) as ref,
-            OnnxRuntimeRunner(tmp, OrtConfig(threads=cfg.threads)) as cand,
+            TorchRunner(net, threads=ctx.threads) as ref,
+            OnnxRuntimeRunner(tmp, OrtConfig(threads=ctx.threads)) as cand,
         ):
             parity = check_parity(ref, cand, samples)
-        _enforce(parity, data is None, spec.name)
-        return {"parity": parity.to_dict(), "graph": graph_summary(proto), "weights": weights}
+        _enforce(parity, self.data is None, self.spec.name)
+        return ExportResult(parity, GraphSummary(**graph_summary(proto)), weights)
 
-    return run_stage(run, "export", stage_inputs(model, weights, data), params, body, force)
-
-
-def _parity_samples(data: DataRef | None, spec: ModelSpec, cfg: ExportConfig) -> Selection:
-    if data is not None:
-        return select(
-            data.open(), cfg.parity_split, spec.preprocessing, data.seed, cfg.parity_count
-        )
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((SYNTHETIC_SAMPLES, *spec.input_shape), dtype=np.float32)
-    source = array_source(x, None, kind="tensor", max_value=1.0)
-    return select(Dataset("synthetic", None, {"all": source}), "all", spec.preprocessing)
+    def _parity_samples(self) -> Selection:
+        spec, cfg = self.spec, self.config
+        if self.data is not None:
+            dataset = self.data.open()
+            return select(
+                dataset, cfg.parity_split, spec.preprocessing, self.data.seed, cfg.parity_count
+            )
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((SYNTHETIC_SAMPLES, *spec.input_shape), dtype=np.float32)
+        source = array_source(x, None, kind="tensor", max_value=1.0)
+        return select(Dataset("synthetic", None, {"all": source}), "all", spec.preprocessing)
 
 
 def _enforce(parity: Parity, synthetic: bool, name: str) -> None:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from quantpipe.data.selection import Selection
 from quantpipe.engines.torch_runner import TorchRunner
 from quantpipe.evaluate.evaluate import EvalSetup, evaluate
 from quantpipe.models.spec import ModelSpec
 
-HEADLINE_KEYS = ("top1", "miou", "agreement")
-
-
-def headline_value(result: dict) -> float:
-    """top-1 for classifiers, mIoU for segmentation (percent)."""
-    return float(next(result[k] for k in HEADLINE_KEYS if k in result))
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def torch_accuracy(net: nn.Module, data: Selection, spec: ModelSpec) -> float:
+    """top-1, mIoU, or agreement when the selection's labels are a reference's predictions."""
     with TorchRunner(net) as runner:
-        result = evaluate(runner, data, EvalSetup(spec.task, spec.num_classes, progress=False))
-    return headline_value(result)
+        return evaluate(runner, data, EvalSetup(spec.task, spec.num_classes, progress=False)).value

@@ -3,52 +3,85 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
 
-import torch
-
+from quantpipe.artifacts import TRAINED_WEIGHTS
 from quantpipe.data.selection import select
-from quantpipe.engines.torch_runner import TorchRunner
+from quantpipe.engines.torch_runner import TorchRunner, set_torch_threads
 from quantpipe.errors import QuantpipeError
-from quantpipe.evaluate.evaluate import EvalSetup, evaluate
+from quantpipe.evaluate.evaluate import EvalSetup, Score, evaluate
+from quantpipe.models.spec import ModelSpec
+from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
-from quantpipe.pipeline.stage import StageContext, StageOutcome, run_stage
-from quantpipe.stages.common import TRAINED_WEIGHTS, DataRef, ModelRef, model_params, stage_inputs
-from quantpipe.stages.training import TrainConfig, fit
+from quantpipe.pipeline.stage import StageContext
+from quantpipe.stages.common import DataRef, ModelRef
+from quantpipe.stages.training import TrainConfig
 
 
-def run_train(
-    run: RunDir,
-    model: ModelRef,
-    data: DataRef,
-    cfg: TrainConfig,
-    force: bool,
-    progress: bool = True,
-) -> StageOutcome:
-    spec = model.spec()
-    if spec.task != "classification":
-        raise QuantpipeError(f"train supports classifiers only; {spec.name} is a {spec.task} model")
-    params = {**model_params(model, spec), **cfg.to_dict(), "data": data.spec, "seed": data.seed}
+@dataclass(frozen=True)
+class TrainResult(JsonResult):
+    final_epoch_loss: float
+    train_seconds: float
+    train_samples: int
+    val: Score
 
-    def body(ctx: StageContext) -> dict[str, Any]:
-        dataset = data.open()
-        train = select(dataset, "train", spec.preprocessing, data.seed)
+    def lines(self) -> list[str]:
+        return [f"validation: {self.val.headline()}"]
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    model: ModelRef
+    data: DataRef
+    config: TrainConfig = field(default_factory=TrainConfig)
+    kind: ClassVar[str] = "train"
+    result_type: ClassVar[type[TrainResult]] = TrainResult
+
+    def __post_init__(self) -> None:
+        if self.spec.task != "classification":
+            raise QuantpipeError(
+                f"train supports classifiers only; {self.spec.name} is a {self.spec.task} model"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @cached_property
+    def spec(self) -> ModelSpec:
+        return self.model.spec()
+
+    def inputs(self, run: RunDir) -> dict[str, Path]:
+        return {**self.model.inputs(None), **self.data.inputs()}
+
+    def params(self) -> dict[str, Any]:
+        return {**self.model.params(self.spec), **self.config.to_dict(), **self.data.params()}
+
+    def run(self, ctx: StageContext) -> TrainResult:
+        import torch
+
+        from quantpipe.stages.training import fit
+
+        spec, seed = self.spec, self.data.seed
+        set_torch_threads(ctx.threads)
+        dataset = self.data.open()
+        train = select(dataset, "train", spec.preprocessing, seed)
         x, y = train.arrays()
         if y is None:
-            raise QuantpipeError(f"data {data.spec} has no labels to train on")
-        torch.manual_seed(data.seed)  # the initial weights are part of the result
+            raise QuantpipeError(f"data {self.data.spec} has no labels to train on")
+        torch.manual_seed(seed)  # the initial weights are part of the result
         net = spec.build()
-        stats = fit(net, x, y, cfg, data.seed, progress)
-        val = select(dataset, "val", spec.preprocessing, data.seed)
+        loss, seconds = fit(net, x, y, self.config, seed, ctx.progress)
+        val = select(dataset, "val", spec.preprocessing, seed)
         with TorchRunner(net) as runner:
-            val_result = evaluate(
-                runner, val, EvalSetup(spec.task, spec.num_classes, progress=progress)
-            )
+            setup = EvalSetup(spec.task, spec.num_classes, progress=ctx.progress)
+            score = evaluate(runner, val, setup)
         # Saved through a buffer: torch.save names the archive after the (temporary, random)
         # file name, which would make identical weights hash differently run to run.
         buffer = io.BytesIO()
         torch.save(net.state_dict(), buffer)
         ctx.output(TRAINED_WEIGHTS).write_bytes(buffer.getvalue())
-        return {**stats, "train_samples": len(train), "val": val_result}
-
-    return run_stage(run, "train", stage_inputs(model, None, data), params, body, force)
+        return TrainResult(loss, seconds, len(train), score)

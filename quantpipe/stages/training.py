@@ -1,18 +1,18 @@
-"""The training loop for the small built-in models (AdamW + one-cycle, seeded)."""
+"""The training loop for the small built-in models (AdamW + one-cycle, seeded), and its config."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
 
 from quantpipe.errors import QuantpipeError
+from quantpipe.progress import track
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,11 @@ class TrainConfig:
 
 def fit(
     model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int, progress: bool
-) -> dict[str, float]:
-    """Train `model` in place on (x, y); returns the last epoch's mean loss and the time."""
+) -> tuple[float, float]:
+    """Train `model` in place on (x, y); returns the last epoch's mean loss and the seconds."""
+    import torch
+    import torch.nn.functional as F
+
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     steps_per_epoch = max(1, len(xt) // cfg.batch_size)
@@ -54,11 +57,8 @@ def fit(
     for epoch in range(cfg.epochs):
         perm = torch.randperm(len(xt), generator=generator)
         losses = []
-        for i in tqdm(
-            range(steps_per_epoch),
-            desc=f"train epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
+        for i in track(
+            range(steps_per_epoch), f"train epoch {epoch + 1}/{cfg.epochs}", progress, unit="step"
         ):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             loss = F.cross_entropy(model(xt[idx]), yt[idx])
@@ -69,4 +69,4 @@ def fit(
             losses.append(loss.item())
         loss_mean = float(np.mean(losses))
     model.eval()
-    return {"final_epoch_loss": loss_mean, "train_seconds": time.perf_counter() - start}
+    return loss_mean, time.perf_counter() - start

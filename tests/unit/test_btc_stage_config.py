@@ -12,19 +12,29 @@ from quantpipe.data.sources import array_source
 from quantpipe.errors import QuantpipeError
 from quantpipe.models.spec import Preprocessing
 from quantpipe.stages.btc import BtcConfig
+from quantpipe.stages.btc_modes import TargetBitsMode
 
 
 def test_modes_and_their_candidates() -> None:
-    assert BtcConfig().policies() == [SigmaRule(0.05, 64, 4, 8)]
+    assert BtcConfig().mode.policies() == [SigmaRule(0.05, 64, 4, 8)]
     assert BtcConfig().retune() == 0  # the paper's rule stays as published
-    search = BtcConfig(search=True, taus=(0.02, 0.05))
-    assert search.mode == "paper-search" and len(search.policies()) == 8
-    tb = BtcConfig(target_bits=4.5)
+    search = BtcConfig.from_flags(search=True, taus=(0.02, 0.05))
+    assert search.mode.name == "paper-search" and len(search.mode.policies()) == 8
+    tb = BtcConfig.from_flags(target_bits=4.5)
     # B = 32 and 64 cannot reach 4.5 effective bits: their headers alone cost 1.03 / 0.52.
-    assert [p.block_size for p in tb.policies()] == [128, 256]
-    assert all(isinstance(p, TargetBits) for p in tb.policies()) and tb.retune() == 300
-    ladder = BtcConfig(max_drop=0.5).policies()
+    assert [p.block_size for p in tb.mode.policies()] == [128, 256]
+    assert all(isinstance(p, TargetBits) for p in tb.mode.policies()) and tb.retune() == 300
+    ladder = BtcConfig.from_flags(max_drop=0.5).mode.policies()
     assert [p.target_bits for p in ladder] == sorted(p.target_bits for p in ladder)
+
+
+def test_a_mode_is_found_by_name_with_its_own_fields() -> None:
+    cfg = BtcConfig.from_flags(mode="target-bits", target_bits=5.0, calib_count=64)
+    assert (cfg.mode, cfg.calib_count) == (TargetBitsMode(5.0), 64)
+    with pytest.raises(QuantpipeError, match="unknown BTC mode 'sigma'"):
+        BtcConfig.from_flags(mode="sigma")
+    with pytest.raises(QuantpipeError, match="target_bits"):
+        BtcConfig.from_flags(mode="max-drop", target_bits=5.0)
 
 
 @pytest.mark.parametrize(
@@ -39,7 +49,7 @@ def test_modes_and_their_candidates() -> None:
 )
 def test_bad_values_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(QuantpipeError, match=match):
-        BtcConfig(**kwargs)
+        BtcConfig.from_flags(**kwargs)
 
 
 class _Net(nn.Module):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from quantpipe.errors import QuantpipeError
-from quantpipe.export.onnx_export import ExportOptions, export_onnx, read_metadata
+from quantpipe.export.metadata import read_metadata
+from quantpipe.export.onnx_export import ExportOptions, export_onnx
 from quantpipe.models.registry import MODELS
 
 

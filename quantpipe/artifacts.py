@@ -1,0 +1,65 @@
+"""The file names of a run's artifacts and their labels: the one place they are built and read.
+
+A *label* names a model artifact in record names, eval files and the summary: `fp32`,
+`btc`, `int8.qdq`, `btc.int8.ort`, `pytorch` (the PyTorch model itself), or the stem of a
+user's own ONNX file (`mynet.onnx` → `mynet`). Every other module asks this one for the
+file behind a label, so renaming an artifact is a change here only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TRAINED_WEIGHTS = "model.pt"
+FP32_ONNX = "model.fp32.onnx"
+BTC_CONTAINER = "model.btc"
+BTC_ONNX = "model.btc.onnx"
+BTC_REPORT_MD = "btc/report.md"
+BTC_HISTOGRAM_PNG = "btc/weights_histogram.png"
+BTC_BLOCK_SIZE_PNG = "btc/accuracy_vs_block_size.png"
+CALIB_DIR = "calib"
+
+PYTORCH = "pytorch"
+FP32 = "fp32"
+BTC = "btc"
+# The two INT8 models `ptq` writes: the portable Q/DQ model (what TensorRT builds from)
+# and its ONNX Runtime CPU build.
+INT8_BUILDS = ("qdq", "ort")
+# The file whose size is an artifact's size, where it is not the label's ONNX file.
+_DELIVERABLES = {FP32: FP32_ONNX, PYTORCH: TRAINED_WEIGHTS, BTC: BTC_CONTAINER}
+
+
+def onnx_label(path: Path | None) -> str:
+    """`model.fp32.onnx` → `fp32`, `model.btc.int8.qdq.onnx` → `btc.int8.qdq`,
+    `mynet.onnx` → `mynet`; None (the PyTorch model itself) → `pytorch`."""
+    if path is None:
+        return PYTORCH
+    name = path.name.removesuffix(".onnx")
+    return name.removeprefix("model.") if name != "model" else "model"
+
+
+def onnx_file(label: str) -> str:
+    """The run's ONNX file of a label: `int8.qdq` → `model.int8.qdq.onnx`."""
+    return f"model.{label}.onnx"
+
+
+def int8_label(source_label: str, build: str) -> str:
+    """`fp32` → `int8.qdq`; any other source keeps its label: `btc` → `btc.int8.qdq`."""
+    if build not in INT8_BUILDS:
+        raise ValueError(f"unknown INT8 build {build!r}")
+    return f"int8.{build}" if source_label == FP32 else f"{source_label}.int8.{build}"
+
+
+def int8_file(source: Path, build: str = "qdq") -> str:
+    """The INT8 model `ptq` writes for the ONNX model at `source`."""
+    return onnx_file(int8_label(onnx_label(source), build))
+
+
+def eval_file(label: str, backend: str) -> str:
+    """Where `eval` writes its full result: `eval/int8.ort.onnxruntime-cpu.json`."""
+    return f"eval/{label}.{backend}.json"
+
+
+def deliverable(label: str) -> str:
+    """The file a serving team receives for a label; its size is the artifact's size."""
+    return _DELIVERABLES.get(label, onnx_file(label))

@@ -1,0 +1,153 @@
+"""What `ptq` found, typed: per-calibrator scores, the calibration used, the Q/DQ structure,
+the ONNX Runtime CPU build and its kernels; and the table the CLI prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantpipe.artifacts import FP32, INT8_BUILDS, int8_label, onnx_label
+from quantpipe.data.selection import DataInfo
+from quantpipe.evaluate.evaluate import SplitScores
+from quantpipe.pipeline.results import JsonResult
+from quantpipe.quantize.placement import FloatNode
+from quantpipe.text_table import format_table
+
+
+@dataclass(frozen=True)
+class CalibratorScores(SplitScores):
+    val_kl: float  # mean KL divergence from the input model's outputs on val, in nats
+
+
+@dataclass(frozen=True)
+class CalibrationNote:
+    reused: list[str]
+    computed: list[str]
+    keys: dict[str, str]
+    data: DataInfo
+
+    def describe(self) -> str:
+        parts = []
+        if self.reused:
+            parts.append(f"reused cached tables for {', '.join(self.reused)}")
+        if self.computed:
+            parts.append(f"computed {', '.join(self.computed)} on {self.data.count:,} samples")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class ImportedCalibration:
+    imported: str  # the TensorRT cache file given with --calib-cache
+
+    def describe(self) -> str:
+        return f"imported TensorRT cache {self.imported}"
+
+
+@dataclass(frozen=True)
+class KernelCensus:
+    """Ops ONNX Runtime's CPU provider runs: integer kernels, float compute, Q/DQ left over."""
+
+    integer: dict[str, int]
+    float: dict[str, int]
+    conversions: dict[str, int]
+
+    def describe(self) -> str:
+        """'runs integer kernels: 20 QLinearConv, 8 QLinearAdd; float: 1 Gemm; ...'"""
+
+        def listed(ops: dict[str, int]) -> str:
+            return ", ".join(f"{n} {op}" for op, n in ops.items()) or "none"
+
+        return (
+            f"runs integer kernels: {listed(self.integer)}; float: {listed(self.float)}; "
+            f"Q/DQ conversions: {listed(self.conversions)}"
+        )
+
+
+@dataclass(frozen=True)
+class OrtCpuBuild:
+    test: float
+    uint8_tensors: int
+    merged_quantize: int
+    seven_bit_weights: int
+    kernels: KernelCensus
+    bytes: int
+    portable_kernels: KernelCensus
+
+
+@dataclass(frozen=True)
+class QdqStructure:
+    quantize_linear: int
+    dequantize_linear: int
+    ops: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PtqResult(JsonResult):
+    """`fp32` holds the input model's scores (FP32, or e.g. the BTC-decoded model)."""
+
+    input: str
+    calibrator: str
+    per_calibrator: dict[str, CalibratorScores]
+    fp32: SplitScores
+    calibration: CalibrationNote | ImportedCalibration
+    float_nodes: list[FloatNode]
+    qdq: QdqStructure
+    ort_cpu: OrtCpuBuild
+    size: dict[str, int]
+    data_val: DataInfo
+    data_test: DataInfo
+    truth: str = "labels"
+
+    @property
+    def kept(self) -> CalibratorScores:
+        return self.per_calibrator[self.calibrator]
+
+    def lines(self) -> list[str]:
+        how = (
+            f"reused cached tables for {', '.join(self.calibration.reused)}; "
+            if isinstance(self.calibration, CalibrationNote) and self.calibration.reused
+            else ""
+        )
+        return [
+            f"INT8 Q/DQ ({self.calibrator} calibration kept on val; {how}"
+            f"{self.qdq.quantize_linear} QuantizeLinear): test {self.kept.test:.2f} % vs "
+            f"{self._input_name()} {self.fp32.test:.2f} % ({self.data_test.count:,} samples"
+            f"{self._truth_note()})"
+        ]
+
+    def artifact_bits(self) -> dict[str, str]:
+        """Weight bits of the INT8 artifacts, by label (for the run summary)."""
+        source = onnx_label(Path(self.input))
+        bits = "8" if source == FP32 else f"8 of {source.upper()}"
+        return {int8_label(source, build): bits for build in INT8_BUILDS}
+
+    def table(self) -> str:
+        """All calibrators side by side: val (selection) and test (report) figures."""
+        fp32 = self.fp32
+        rows = [(self._input_name(), f"{fp32.val:.2f}", "0", f"{fp32.test:.2f}", "", "")]
+        for name, acc in self.per_calibrator.items():
+            kept = "← kept (lowest val KL)" if name == self.calibrator else ""
+            delta = f"{acc.test - fp32.test:+.2f}"
+            row = (f"INT8 {name}", f"{acc.val:.2f}", f"{acc.val_kl:.2e}", f"{acc.test:.2f}")
+            rows.append((*row, delta, kept))
+        ort = self.ort_cpu
+        delta = f"{ort.test - fp32.test:+.2f}"
+        rows.append(("INT8 ONNX Runtime CPU build", "", "", f"{ort.test:.2f}", delta, ""))
+        d = self.data_test
+        metric = "agreement" if self.truth != "labels" else "headline metric"
+        note = (
+            f"Accuracy (%, {metric}) on {d.dataset} val/test splits; test = {d.count:,} "
+            f"samples ({d.where()}){self._truth_note()}. Calibration: "
+            f"{self.calibration.describe()}."
+            f"\nONNX Runtime CPU: the Q/DQ model {ort.portable_kernels.describe()};"
+            f"\n  its CPU build {ort.kernels.describe()}."
+        )
+        headers = ("model", "val acc", f"val KL vs {self._input_name()}", "test acc", "test Δ", "")
+        return format_table(headers, rows) + "\n" + note
+
+    def _input_name(self) -> str:
+        source = onnx_label(Path(self.input))
+        return "FP32" if source == FP32 else source
+
+    def _truth_note(self) -> str:
+        return "" if self.truth == "labels" else f"; no labels: agreement with {self.truth}"

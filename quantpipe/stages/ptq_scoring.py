@@ -1,0 +1,127 @@
+"""The ptq stage's working parts: quantize with a table, score every calibrator, write the
+ONNX Runtime CPU build and take ONNX Runtime's census of the kernels it runs."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from quantpipe.calibration import CalibrationTable
+from quantpipe.data.selection import Selection
+from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
+from quantpipe.engines.ort_session import OrtConfig
+from quantpipe.evaluate.evaluate import EvalSetup, evaluate
+from quantpipe.evaluate.fidelity import output_kl
+from quantpipe.export.metadata import ModelContract, load_onnx, read_metadata
+from quantpipe.quantize import QDQConfig, quantize_qdq
+from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
+from quantpipe.quantize.placement import FloatNode
+from quantpipe.stages.ptq_result import CalibratorScores, KernelCensus, OrtCpuBuild, QdqStructure
+
+
+@dataclass(frozen=True)
+class Quantized:
+    model: onnx.ModelProto
+    float_nodes: list[FloatNode]
+
+    def save(self, path: Path) -> None:
+        onnx.save(self.model, str(path))
+
+
+class Quantizer:
+    """Quantizes one source model with any calibration table; the Q/DQ model keeps the
+    source's metadata and says how it was made."""
+
+    def __init__(self, source: Path, config: QDQConfig) -> None:
+        self.path = source
+        self.source = load_onnx(source)
+        self.config = config
+
+    def quantize(self, table: CalibrationTable) -> Quantized:
+        result = quantize_qdq(self.source, table.amax, self.config)
+        how = {"quantpipe.precision": "int8-qdq", "quantpipe.calibrator": table.calibrator}
+        replace_metadata(result.model, read_metadata(self.source) | how)
+        return Quantized(result.model, result.float_nodes)
+
+
+def score_all(
+    quantizer: Quantizer,
+    tables: dict[str, CalibrationTable],
+    tmp: Path,
+    splits: tuple[Selection, Selection],
+    contract: ModelContract,
+    threads: int,
+) -> dict[str, CalibratorScores]:
+    """Per calibrator: val and test accuracy, and the val KL divergence from the input
+    model's outputs, by which `auto` chooses (see evaluate/fidelity.py for why).
+
+    The Q/DQ models run in exact Q/DQ arithmetic (ONNX Runtime's fusions off): what
+    TensorRT computes, free of the CPU kernels' saturation (see quantize/ort_cpu.py)."""
+    scored = {}
+    exact = OrtConfig(threads=threads, qdq_fusions=False)
+    val, test = splits
+    for name, table in tables.items():
+        path = tmp / f"{name}.onnx"
+        quantizer.quantize(table).save(path)
+        with (
+            OnnxRuntimeRunner(quantizer.path, exact) as ref,
+            OnnxRuntimeRunner(path, exact) as cand,
+        ):
+            kl = output_kl(ref, cand, val)
+        scored[name] = CalibratorScores(
+            val=accuracy(path, val, contract, exact),
+            test=accuracy(path, test, contract, exact),
+            val_kl=kl,
+        )
+    return scored
+
+
+def ort_cpu_build(
+    quantized: Quantized,
+    out: Path,
+    portable: Path,
+    test: Selection,
+    contract: ModelContract,
+    threads: int,
+) -> OrtCpuBuild:
+    """Write the ONNX Runtime CPU build of the portable model; its test accuracy and kernels."""
+    build = build_for_ort_cpu(quantized.model)
+    meta = read_metadata(quantized.model) | {"quantpipe.runtime": "onnxruntime-cpu"}
+    replace_metadata(build.model, meta)
+    onnx.save(build.model, str(out))
+    return OrtCpuBuild(
+        test=accuracy(out, test, contract, OrtConfig(threads=threads)),
+        uint8_tensors=len(build.uint8_tensors),
+        merged_quantize=build.merged_quantize,
+        seven_bit_weights=len(build.seven_bit_weights),
+        kernels=kernel_census(out),
+        bytes=out.stat().st_size,
+        portable_kernels=kernel_census(portable),
+    )
+
+
+def kernel_census(path: Path) -> KernelCensus:
+    with tempfile.TemporaryDirectory() as tmp:
+        return KernelCensus(**ort_cpu_kernels(path, Path(tmp) / "optimized.onnx"))
+
+
+def replace_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+
+
+def accuracy(path: Path, data: Selection, contract: ModelContract, ort: OrtConfig) -> float:
+    setup = EvalSetup(contract.task, contract.num_classes, progress=False)
+    with OnnxRuntimeRunner(path, ort) as runner:
+        return evaluate(runner, data, setup).value
+
+
+def structure(model: onnx.ModelProto) -> QdqStructure:
+    ops = Counter(n.op_type for n in model.graph.node)
+    return QdqStructure(ops["QuantizeLinear"], ops["DequantizeLinear"], dict(sorted(ops.items())))
