@@ -1,42 +1,53 @@
-"""The `quantpipe` command: parse, dispatch, and turn user errors into one line + exit 2."""
+"""The `quantpipe` command: parse, import the one handler the command needs, and turn user
+errors into one line + exit 2.
+
+Handlers are named as "module:function" and imported only when their command runs, so
+`quantpipe --help`, `datasets` and `backends` never import torch or onnxruntime, and a
+host that only serves ONNX models needs no torch at all.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from quantpipe.cli import commands, quantize_commands
 from quantpipe.cli.parser import build_parser
 from quantpipe.errors import QuantpipeError
 
 EXIT_INTERRUPTED = 130
-
-
-def _handlers() -> dict[str, Callable[..., int]]:
-    from quantpipe.cli.run_command import cmd_run
-
-    return {
-        "models": commands.cmd_models,
-        "datasets": commands.cmd_datasets,
-        "backends": commands.cmd_backends,
-        "train": commands.cmd_train,
-        "export": commands.cmd_export,
-        "eval": commands.cmd_eval,
-        "btc": commands.cmd_btc,
-        "calibrate": quantize_commands.cmd_calibrate,
-        "ptq": quantize_commands.cmd_ptq,
-        "compare": quantize_commands.cmd_compare,
-        "run": cmd_run,
-    }
+COMMANDS = {
+    "models": "quantpipe.cli.listings:cmd_models",
+    "datasets": "quantpipe.cli.listings:cmd_datasets",
+    "backends": "quantpipe.cli.listings:cmd_backends",
+    "train": "quantpipe.cli.stage_commands:cmd_train",
+    "export": "quantpipe.cli.stage_commands:cmd_export",
+    "eval": "quantpipe.cli.stage_commands:cmd_eval",
+    "btc": "quantpipe.cli.stage_commands:cmd_btc",
+    "calibrate": "quantpipe.cli.stage_commands:cmd_calibrate",
+    "ptq": "quantpipe.cli.stage_commands:cmd_ptq",
+    "compare": "quantpipe.cli.compare_command:cmd_compare",
+    "run": "quantpipe.cli.run_command:cmd_run",
+}
+# Libraries a command may need that a slim (e.g. serving-only) install can lack.
+_OPTIONAL_STACK = ("torch", "torchvision", "matplotlib", "onnxruntime", "onnxslim", "sklearn")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _handlers()[args.command](args)
+        return _handler(args.command)(args)
     except QuantpipeError as e:
-        print(f"quantpipe {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
-        return e.exit_code
+        return _fail(args.command, str(e), e.exit_code)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in _OPTIONAL_STACK:
+            raise
+        return _fail(
+            args.command,
+            f"this command needs {e.name}, which is not installed here: pip install quantpipe "
+            "with its dependencies (the README's set-up), or use a command that does not",
+            QuantpipeError.exit_code,
+        )
     except KeyboardInterrupt:
         # Stages only rename finished outputs into place, so nothing partial is left.
         print(
@@ -45,5 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
+def _handler(command: str) -> Callable[..., int]:
+    module, _, function = COMMANDS[command].partition(":")
+    handler: Callable[..., int] = getattr(importlib.import_module(module), function)
+    return handler
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"quantpipe {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code

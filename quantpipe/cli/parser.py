@@ -1,4 +1,8 @@
-"""The argument parser: one subcommand per stage, plus listings and `run`."""
+"""The argument parser: one subcommand per stage, plus listings and `run`.
+
+It imports nothing heavy: `quantpipe --help` must answer instantly. Flags map one to one
+onto the stage configs built in stage_commands.py.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from quantpipe import __version__
+from quantpipe.engines.registry import DEFAULT_BACKEND, all_backends
+
+CALIBRATORS = ("max", "percentile", "entropy", "mse")  # as quantpipe.calibration registers them
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -14,8 +21,25 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="parent of run directories (default: runs)")
     p.add_argument("--run-dir", help="explicit run directory (overrides --run/--runs-dir)")
     p.add_argument("--force", action="store_true", help="rerun even if up to date")
+    _add_execution_options(p)
+
+
+def _add_execution_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads of ONNX Runtime and PyTorch (0: each library's default)",
+    )
+
+
+def _add_reference_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reference",
+        help="for data without labels: the FP32 ONNX model whose predictions stand in for "
+        "labels (default: the run's model.fp32.onnx)",
+    )
 
 
 def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -53,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the stages of a config file (default: the demo)")
     run.add_argument("--config", help="TOML config (default: the built-in demo)")
     run.add_argument("--force", action="store_true", help="rerun every stage")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--runs-dir", default="runs", help="parent of run directories")
+    _add_execution_options(run)
     return parser
 
 
@@ -85,16 +109,13 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     _add_data_options(p, required=True)
     p.add_argument(
         "--backend",
-        default="onnxruntime-cpu",
-        help="onnxruntime-cpu (default), onnxruntime-cuda, torch-cpu, torch-cuda",
+        default=DEFAULT_BACKEND,
+        help=f"{', '.join(b.name for b in all_backends())} (default {DEFAULT_BACKEND}; "
+        "`quantpipe backends` says which work here)",
     )
     p.add_argument("--split", default="test", help="train, calib, val, test or all (default test)")
     p.add_argument("--count", type=int, help="only the first N samples of the split")
-    p.add_argument(
-        "--reference",
-        help="for unlabelled data: FP32 ONNX whose arg-max is the "
-        "truth (default: the run's model.fp32.onnx)",
-    )
+    _add_reference_option(p)
     p.add_argument("--batch-size", type=int, default=256)
     _add_run_options(p)
 
@@ -132,6 +153,7 @@ def _btc_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="affine re-tuning steps (default: 300 with --target-bits/--max-drop, else 0)",
     )
+    _add_reference_option(p)
     _add_run_options(p)
 
 
@@ -146,9 +168,7 @@ def _add_calibration_options(p: argparse.ArgumentParser) -> None:
 def _ptq_parsers(sub: argparse._SubParsersAction) -> None:
     cal = sub.add_parser("calibrate", help="activation ranges per calibrator (cached tables)")
     _add_calibration_options(cal)
-    cal.add_argument(
-        "--calibrators", type=_csv(str), default=("max", "percentile", "entropy", "mse")
-    )
+    cal.add_argument("--calibrators", type=_csv(str), default=CALIBRATORS)
     _add_run_options(cal)
     ptq = sub.add_parser(
         "ptq", help="INT8 post-training quantization → Q/DQ ONNX (+ its ONNX Runtime CPU build)"
@@ -159,6 +179,7 @@ def _ptq_parsers(sub: argparse._SubParsersAction) -> None:
     )
     ptq.add_argument("--calib-cache", help="import a TensorRT calibration cache as the ranges")
     ptq.add_argument("--eval-count", type=int, help="only the first N samples of val/test")
+    _add_reference_option(ptq)
     _add_run_options(ptq)
     cmp = sub.add_parser("compare", help="per-output and per-layer error between two ONNX models")
     cmp.add_argument("reference")
@@ -167,4 +188,4 @@ def _ptq_parsers(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--split", default="val")
     cmp.add_argument("--count", type=int, default=64)
     cmp.add_argument("--top", type=int, default=15, help="rows of the per-layer table")
-    cmp.add_argument("--threads", type=int, default=0)
+    cmp.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: default)")

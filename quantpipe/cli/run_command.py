@@ -3,66 +3,69 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from quantpipe.cli.commands import report
+from quantpipe.artifacts import BTC_ONNX, FP32_ONNX, INT8_BUILDS, int8_file
+from quantpipe.cli.output import report
 from quantpipe.cli.run_config import RunConfig, load_run_config
 from quantpipe.cli.summary import print_summary
+from quantpipe.engines.registry import get_backend
 from quantpipe.pipeline.rundir import RunDir
-from quantpipe.pipeline.stage import StageOutcome
-from quantpipe.stages.btc import BTC_ONNX, run_btc
-from quantpipe.stages.common import FP32_ONNX, DataRef, ModelRef
-from quantpipe.stages.evaluate import EvalConfig, run_eval
-from quantpipe.stages.export import run_export
-from quantpipe.stages.ptq import int8_name, run_ptq
-from quantpipe.stages.train import run_train
+from quantpipe.pipeline.stage import RunOptions, Stage, run_stage
+from quantpipe.stages.btc import BtcStage
+from quantpipe.stages.common import DataRef, ModelRef
+from quantpipe.stages.evaluate import EvalConfig, EvalStage
+from quantpipe.stages.export import ExportStage
+from quantpipe.stages.ptq import PtqStage
+from quantpipe.stages.train import TrainStage
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config)
+    options = RunOptions(force=args.force, progress=not args.quiet, threads=args.threads)
     with RunDir.open(Path(args.runs_dir) / cfg.name) as run:
-        outcomes = run_stages(run, cfg, args.force, not args.quiet)
+        outcomes = []
+        # Each stage is built only when the ones before it have run: it checks its inputs.
+        for stage in planned_stages(run, cfg):
+            outcome = run_stage(run, stage, options)
+            report(run, outcome)
+            outcomes.append(outcome)
         print_summary(run, cfg, outcomes)
     return 0
 
 
-def run_stages(run: RunDir, cfg: RunConfig, force: bool, progress: bool) -> list[StageOutcome]:
+def planned_stages(run: RunDir, cfg: RunConfig) -> Iterator[Stage[Any]]:
+    """The config's stages in order; BTC composes: the decoded BTC model is quantized and
+    evaluated like the FP32 one."""
     model, data = ModelRef(cfg.model, cfg.weights), DataRef(cfg.data, cfg.seed)
-    outcomes: list[StageOutcome] = []
-
-    def done(outcome: StageOutcome) -> None:
-        report(run, outcome)
-        outcomes.append(outcome)
-
     if "train" in cfg.stages:
-        done(run_train(run, model, data, cfg.train, force, progress))
+        yield TrainStage(model, data, cfg.train)
     if "export" in cfg.stages:
-        done(run_export(run, model, data, cfg.export, force))
+        yield ExportStage(model, data, cfg.export)
     if "btc" in cfg.stages:
-        done(run_btc(run, model, data, cfg.btc, force, progress))
+        yield BtcStage(model, data, cfg.btc)
     if "ptq" in cfg.stages:
-        # BTC composes: the decoded BTC model is quantized like the FP32 one.
-        for source in _onnx_sources(run, cfg):
-            done(run_ptq(run, source, data, cfg.ptq, force, progress))
+        for source in _float_models(run, cfg):
+            yield PtqStage(source, data, cfg.ptq)
     if "eval" in cfg.stages:
         for backend in cfg.eval.backends:
             ecfg = EvalConfig(backend, cfg.eval.split, cfg.eval.count)
-            if backend.startswith("torch"):
-                done(run_eval(run, None, model, data, ecfg, force, progress))
+            if get_backend(backend).runs == "torch":
+                yield EvalStage(data, None, model, ecfg)
                 continue
-            for artifact in _onnx_artifacts(run, cfg):
-                done(run_eval(run, artifact, model, data, ecfg, force, progress))
-    return outcomes
+            for artifact in _onnx_models(run, cfg):
+                yield EvalStage(data, artifact, model, ecfg)
 
 
-def _onnx_sources(run: RunDir, cfg: RunConfig) -> list[Path]:
+def _float_models(run: RunDir, cfg: RunConfig) -> list[Path]:
     """The float ONNX models of this run: FP32, and BTC-decoded when btc runs."""
     return [run.artifact(n) for n in [FP32_ONNX] + ([BTC_ONNX] if "btc" in cfg.stages else [])]
 
 
-def _onnx_artifacts(run: RunDir, cfg: RunConfig) -> list[Path]:
+def _onnx_models(run: RunDir, cfg: RunConfig) -> list[Path]:
     """Every ONNX model this run's stages produce, float ones first."""
-    sources = _onnx_sources(run, cfg)
-    builds = ("qdq", "ort") if "ptq" in cfg.stages else ()
-    quantized = [run.artifact(int8_name(s, b)) for s in sources for b in builds]
-    return sources + quantized
+    sources = _float_models(run, cfg)
+    builds = INT8_BUILDS if "ptq" in cfg.stages else ()
+    return sources + [run.artifact(int8_file(s, b)) for s in sources for b in builds]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from quantpipe.engines.registry import DEFAULT_BACKEND, get_backend
 from quantpipe.errors import QuantpipeError
-from quantpipe.stages.btc import BtcConfig
-from quantpipe.stages.evaluate import BACKENDS
+from quantpipe.stages.btc import COMMON_KEYS, BtcConfig
+from quantpipe.stages.btc_modes import BTC_MODES, mode_from_flags
 from quantpipe.stages.export import ExportConfig
 from quantpipe.stages.ptq import PtqConfig
 from quantpipe.stages.training import TrainConfig
@@ -21,13 +23,12 @@ STAGES = ("train", "export", "btc", "ptq", "eval")
 @dataclass(frozen=True)
 class EvalPlan:
     split: str = "test"
-    backends: tuple[str, ...] = ("onnxruntime-cpu",)
+    backends: tuple[str, ...] = (DEFAULT_BACKEND,)
     count: int | None = None
 
     def __post_init__(self) -> None:
         for b in self.backends:
-            if b not in BACKENDS:
-                raise QuantpipeError(f"[eval] backends: unknown {b!r}; use {', '.join(BACKENDS)}")
+            get_backend(b)  # an unknown name is refused, naming the known ones
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,9 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
         **run,
         train=_section(TrainConfig, doc.get("train", {}), where, "[train]"),
         export=_section(ExportConfig, doc.get("export", {}), where, "[export]"),
-        btc=_section(BtcConfig, _tuples(doc.get("btc", {})), where, "[btc]"),
+        btc=_btc_section(_tuples(doc.get("btc", {})), where),
         ptq=_section(PtqConfig, _tuples(doc.get("ptq", {})), where, "[ptq]"),
-        eval=_section(
-            EvalPlan,
-            {k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("eval", {}).items()},
-            where,
-            "[eval]",
-        ),
+        eval=_section(EvalPlan, _tuples(doc.get("eval", {})), where, "[eval]"),
     )
 
 
@@ -103,6 +99,22 @@ def _section(cls: type, values: dict[str, Any], where: str, name: str) -> Any:
         return cls(**values)
     except TypeError as e:
         raise QuantpipeError(f"config {where}: {name}: {e}") from None
+
+
+def _btc_section(values: dict[str, Any], where: str) -> BtcConfig:
+    """`mode = NAME` with that mode's fields, or the CLI's flags; plus the common keys."""
+    mode = values.get("mode")
+    if mode is not None and mode not in BTC_MODES:
+        raise QuantpipeError(
+            f"config {where}: [btc] mode {mode!r} is unknown; use one of {', '.join(BTC_MODES)}"
+        )
+    mode_keys = (
+        {f.name for f in fields(BTC_MODES[mode])}  # type: ignore[arg-type]
+        if mode is not None
+        else set(inspect.signature(mode_from_flags).parameters)
+    )
+    _only(values, mode_keys | set(COMMON_KEYS) | {"mode"}, where, "[btc]")
+    return BtcConfig.from_flags(**values)
 
 
 def _only(values: dict[str, Any], allowed: set[str], where: str, section: str) -> None:
