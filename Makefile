@@ -17,7 +17,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc ptq bench bench-btc bench-ptq models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq bench bench-btc bench-ptq models datasets backends clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,9 @@ eval: setup
 
 btc: setup
 	$(QP) btc $(STAGE_ARGS) --data $(DATA)
+
+calibrate: setup
+	$(QP) calibrate $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
 
 ptq: setup
 	$(QP) ptq $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
