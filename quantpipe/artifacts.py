@@ -55,6 +55,13 @@ def int8_file(source: Path, build: str = "qdq") -> str:
     return onnx_file(int8_label(onnx_label(source), build))
 
 
+def record_name(kind: str, source: Path) -> str:
+    """The manifest record of a stage that runs once per ONNX model of a run: `ptq` for the
+    FP32 model, `ptq.btc` for the BTC-decoded one."""
+    label = onnx_label(source)
+    return kind if label == FP32 else f"{kind}.{label}"
+
+
 def eval_file(label: str, backend: str) -> str:
     """Where `eval` writes its full result: `eval/int8.ort.onnxruntime-cpu.json`."""
     return f"eval/{label}.{backend}.json"

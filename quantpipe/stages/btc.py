@@ -4,7 +4,6 @@ container) and `model.btc.onnx` (decoded weights, exported like the FP32 model).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -88,18 +87,11 @@ class BtcStage:
     config: BtcConfig = field(default_factory=BtcConfig)
     labels: LabelSource = field(default_factory=LabelSource)
     kind: ClassVar[str] = "btc"
+    name: ClassVar[str] = kind  # one record per run
     result_type: ClassVar[type[BtcResult]] = BtcResult
 
-    @property
-    def name(self) -> str:
-        return self.kind
-
-    @cached_property
-    def spec(self) -> ModelSpec:
-        return self.model.spec()
-
     def inputs(self, run: RunDir) -> dict[str, Path]:
-        weights = self.model.resolve_weights(run, self.spec)
+        weights = self.model.resolve_weights(run)
         return {
             **self.model.inputs(weights),
             **self.data.inputs(),
@@ -108,7 +100,7 @@ class BtcStage:
 
     def params(self) -> dict[str, Any]:
         return {
-            **self.model.params(self.spec),
+            **self.model.params(),
             **self.config.params(),
             **self.data.params(),
             "reference": self.labels.given,
@@ -116,13 +108,12 @@ class BtcStage:
 
     def run(self, ctx: StageContext) -> BtcResult:
         from quantpipe.engines.torch_runner import TorchRunner, set_torch_threads
-        from quantpipe.models.registry import build_model
         from quantpipe.stages.btc_coder import Coder, baselines
         from quantpipe.stages.model_accuracy import torch_accuracy
 
         set_torch_threads(ctx.threads)
-        spec, cfg, seed = self.spec, self.config, self.data.seed
-        net = build_model(spec, self.model.resolve_weights(ctx.run, spec))
+        spec, cfg, seed = self.model.spec, self.config, self.data.seed
+        net = self.model.build(ctx.run)
         dataset = self.data.open()
         # Without labels, accuracy is agreement with the FP32 model: the run's ONNX (or
         # --reference), else this very PyTorch model before coding.
@@ -165,10 +156,10 @@ class BtcStage:
             ctx.output(BTC_CONTAINER),
             chosen.encoding.encoded,
             coder.uncoded(chosen.model),
-            {"model": self.spec.name, "policy": chosen.encoding.summary.policy},
+            {"model": self.model.spec.name, "policy": chosen.encoding.summary.policy},
         )
         onnx_tmp = ctx.output(BTC_ONNX)
-        onnx.save(_export_decoded(chosen.model, self.spec), str(onnx_tmp))
+        onnx.save(_export_decoded(chosen.model, self.model.spec), str(onnx_tmp))
         # The decoded ONNX has the FP32 graph and float32 weights: its size is the FP32
         # ONNX size that the container is compared with.
         fp32_bytes = onnx_tmp.stat().st_size

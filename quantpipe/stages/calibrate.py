@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from quantpipe.artifacts import CALIB_DIR, onnx_label
+from quantpipe.artifacts import CALIB_DIR, record_name
 from quantpipe.calibration import (
     CALIBRATORS,
     CalibrationTable,
@@ -108,8 +108,7 @@ class CalibrateStage:
 
     @property
     def name(self) -> str:
-        label = onnx_label(self.onnx)
-        return self.kind if label == "fp32" else f"{self.kind}.{label}"
+        return record_name(self.kind, self.onnx)
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
         return {"onnx": self.onnx, **self.data.inputs()}

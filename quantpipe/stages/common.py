@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from quantpipe.models.spec import ModelSpec, Preprocessing
 
 
@@ -32,21 +35,25 @@ class ModelRef:
     weights: str | None = None
     input_shape: tuple[int, ...] | None = None
 
+    @cached_property
     def spec(self) -> ModelSpec:
+        """Resolved once: a user model's spec imports its file and runs it once."""
         from quantpipe.models.registry import get_model_spec
 
         return get_model_spec(self.name, self.input_shape)
 
-    def params(self, spec: ModelSpec) -> dict[str, Any]:
+    def params(self) -> dict[str, Any]:
         """What identifies the model in a stage's parameters (its weights are an input)."""
+        spec = self.spec
         return {
             "model": self.name,
             "input_shape": list(spec.input_shape),
             "preprocessing": spec.preprocessing.to_dict(),
         }
 
-    def resolve_weights(self, run: RunDir, spec: ModelSpec) -> str | None:
+    def resolve_weights(self, run: RunDir) -> str | None:
         """The weights to use: as given, else those the run's train stage wrote."""
+        spec = self.spec
         if self.weights is not None:
             from quantpipe.models.checkpoint import check_weights_argument
 
@@ -60,6 +67,12 @@ class ModelRef:
                 )
             return str(trained)
         return None
+
+    def build(self, run: RunDir) -> nn.Module:
+        """The model in eval mode with its weights (see `resolve_weights`)."""
+        from quantpipe.models.registry import build_model
+
+        return build_model(self.spec, self.resolve_weights(run))
 
     def inputs(self, weights: str | None) -> dict[str, Path]:
         """The model's files whose content decides a stage's result."""

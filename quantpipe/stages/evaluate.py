@@ -96,12 +96,12 @@ class EvalStage:
         if self.model is None:
             return require_contract(self.onnx)  # type: ignore[arg-type]  # checked on creation
         found = contract_from_onnx(self.onnx) if self.backend.runs == "onnx" and self.onnx else None
-        return found or ModelContract.of_spec(self.model.spec())
+        return found or ModelContract.of_spec(self.model.spec)
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
         inputs = {**self.data.inputs(), **self.labels.inputs(run, self.data)}
         if self.backend.runs == "torch" and self.model is not None:
-            inputs |= self.model.inputs(self.model.resolve_weights(run, self.model.spec()))
+            inputs |= self.model.inputs(self.model.resolve_weights(run))
         if self.backend.runs == "onnx" and self.onnx is not None:
             inputs["onnx"] = self.onnx
         return inputs
@@ -139,9 +139,5 @@ class EvalStage:
     def _runner(self, ctx: StageContext) -> RunnerContext:
         options = RunnerOptions(threads=ctx.threads)
         if self.backend.runs == "torch" and self.model is not None:
-            from quantpipe.models.registry import build_model
-
-            spec = self.model.spec()
-            net = build_model(spec, self.model.resolve_weights(ctx.run, spec))
-            return self.backend.runner(net, options)
+            return self.backend.runner(self.model.build(ctx.run), options)
         return self.backend.runner(self.onnx, options)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +15,6 @@ from quantpipe.data.sources import array_source
 from quantpipe.errors import QuantpipeError
 from quantpipe.export.options import MIN_OPSET, ExportOptions
 from quantpipe.export.parity import MIN_TOP1_AGREEMENT, Parity
-from quantpipe.models.spec import ModelSpec
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
@@ -68,24 +66,17 @@ class ExportStage:
     data: DataRef | None = None
     config: ExportConfig = field(default_factory=ExportConfig)
     kind: ClassVar[str] = "export"
+    name: ClassVar[str] = kind  # one record per run
     result_type: ClassVar[type[ExportResult]] = ExportResult
 
-    @property
-    def name(self) -> str:
-        return self.kind
-
-    @cached_property
-    def spec(self) -> ModelSpec:
-        return self.model.spec()
-
     def inputs(self, run: RunDir) -> dict[str, Path]:
-        weights = self.model.resolve_weights(run, self.spec)
+        weights = self.model.resolve_weights(run)
         return {**self.model.inputs(weights), **(self.data.inputs() if self.data else {})}
 
     def params(self) -> dict[str, Any]:
         data = self.data.params() if self.data else {"data": None, "seed": None}
         return {
-            **self.model.params(self.spec),
+            **self.model.params(),
             "opset": self.config.opset,
             "parity_split": self.config.parity_split,
             "parity_count": self.config.parity_count,
@@ -102,9 +93,9 @@ class ExportStage:
         from quantpipe.export.parity import check_parity
         from quantpipe.models.registry import build_model
 
-        weights = self.model.resolve_weights(ctx.run, self.spec)
-        net = build_model(self.spec, weights)
-        proto = export_onnx(net, self.spec, ExportOptions(self.config.opset))
+        weights = self.model.resolve_weights(ctx.run)
+        net = build_model(self.model.spec, weights)
+        proto = export_onnx(net, self.model.spec, ExportOptions(self.config.opset))
         tmp = ctx.output(FP32_ONNX)
         onnx.save(proto, str(tmp))
         samples = self._parity_samples()
@@ -113,11 +104,11 @@ class ExportStage:
             OnnxRuntimeRunner(tmp, OrtConfig(threads=ctx.threads)) as cand,
         ):
             parity = check_parity(ref, cand, samples)
-        _enforce(parity, self.data is None, self.spec.name)
+        _enforce(parity, self.data is None, self.model.spec.name)
         return ExportResult(parity, GraphSummary(**graph_summary(proto)), weights)
 
     def _parity_samples(self) -> Selection:
-        spec, cfg = self.spec, self.config
+        spec, cfg = self.model.spec, self.config
         if self.data is not None:
             dataset = self.data.open()
             return select(

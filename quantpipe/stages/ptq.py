@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from quantpipe.artifacts import FP32, int8_file, onnx_label
+from quantpipe.artifacts import int8_file, record_name
 from quantpipe.calibration import CALIBRATORS, CalibrationTable
 from quantpipe.data.selection import Selection, select
 from quantpipe.errors import QuantpipeError
@@ -66,8 +66,7 @@ class PtqStage:
 
     @property
     def name(self) -> str:
-        label = onnx_label(self.onnx)
-        return self.kind if label == FP32 else f"{self.kind}.{label}"
+        return record_name(self.kind, self.onnx)
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
         inputs = {**self.data.inputs(), **self.labels.inputs(run, self.data), "onnx": self.onnx}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +12,6 @@ from quantpipe.data.selection import select
 from quantpipe.engines.torch_runner import TorchRunner, set_torch_threads
 from quantpipe.errors import QuantpipeError
 from quantpipe.evaluate.evaluate import EvalSetup, Score, evaluate
-from quantpipe.models.spec import ModelSpec
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
@@ -38,34 +36,28 @@ class TrainStage:
     data: DataRef
     config: TrainConfig = field(default_factory=TrainConfig)
     kind: ClassVar[str] = "train"
+    name: ClassVar[str] = kind  # one record per run
     result_type: ClassVar[type[TrainResult]] = TrainResult
 
     def __post_init__(self) -> None:
-        if self.spec.task != "classification":
+        spec = self.model.spec
+        if spec.task != "classification":
             raise QuantpipeError(
-                f"train supports classifiers only; {self.spec.name} is a {self.spec.task} model"
+                f"train supports classifiers only; {spec.name} is a {spec.task} model"
             )
-
-    @property
-    def name(self) -> str:
-        return self.kind
-
-    @cached_property
-    def spec(self) -> ModelSpec:
-        return self.model.spec()
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
         return {**self.model.inputs(None), **self.data.inputs()}
 
     def params(self) -> dict[str, Any]:
-        return {**self.model.params(self.spec), **self.config.to_dict(), **self.data.params()}
+        return {**self.model.params(), **self.config.to_dict(), **self.data.params()}
 
     def run(self, ctx: StageContext) -> TrainResult:
         import torch
 
         from quantpipe.stages.training import fit
 
-        spec, seed = self.spec, self.data.seed
+        spec, seed = self.model.spec, self.data.seed
         set_torch_threads(ctx.threads)
         dataset = self.data.open()
         train = select(dataset, "train", spec.preprocessing, seed)
