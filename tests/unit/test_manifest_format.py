@@ -19,7 +19,15 @@ V1_EVAL = {
         "samples": 10000,
         "data": "fashion-mnist (/usr/share/datasets/fashion-mnist), split test, 10,000 samples",
         "runner": "onnxruntime-cpu",
-        "provenance": {"dataset": "fashion-mnist", "split": "test"},
+        "provenance": {
+            "dataset": "fashion-mnist",
+            "path": "/usr/share/datasets/fashion-mnist",
+            "split": "test",
+            "pool": "test",
+            "count": 10000,
+            "seed": 0,
+            "preprocessing": {"channels": 1, "size": [28, 28], "mean": [0.286], "std": [0.353]},
+        },
     },
     "wall_s": 1.9,
     "versions": {},
@@ -35,7 +43,9 @@ def test_a_format_1_manifest_is_upgraded_on_reading(tmp_path: Path) -> None:
     record = manifest.stages["eval.int8.qdq.onnxruntime-cpu"]
     assert (record.stage, manifest.stages["ptq.btc"].stage) == ("eval", "ptq")
     result = EvalResult.from_json(record.results)
-    assert (result.artifact, result.backend, result.metric) == ("int8.qdq", "onnxruntime-cpu", "top1")
+    named = (result.artifact, result.backend, result.metric)
+    assert named == ("int8.qdq", "onnxruntime-cpu", "top1")
     assert result.short() == "top-1 91.41 %" and result.truth == "labels"
+    assert result.provenance is not None and result.provenance.count == 10_000
     manifest.record(record)  # writing it again writes the current format
     assert json.loads((tmp_path / "manifest.json").read_text())["format"] == FORMAT_VERSION == 2

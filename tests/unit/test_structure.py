@@ -49,7 +49,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(m)
         for dep in sorted(graph[m]):
             if state.get(dep) == 1:
-                return path[path.index(dep) :] + [dep]
+                return [*path[path.index(dep) :], dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         path.pop()
@@ -106,4 +106,5 @@ def test_every_stage_has_the_same_contract(stage: type) -> None:
     assert isinstance(stage.kind, str) and issubclass(stage.result_type, JsonResult)
     for method in ("inputs", "params", "run"):
         assert callable(getattr(stage, method))
-    assert isinstance(stage.name, property)  # the manifest record name, per instance
+    # The manifest record's name: fixed for once-per-run stages, per instance for the others.
+    assert isinstance(stage.name, str | property)
