@@ -83,8 +83,12 @@ def require_contract(path: Path) -> ModelContract:
     """The contract recorded in `path`; a user error when the file has none."""
     contract = contract_from_onnx(path)
     if contract is None:
-        raise QuantpipeError(
-            f"{path} carries no quantpipe preprocessing metadata: export it with "
-            "`quantpipe export`, or pass --model NAME so its preprocessing is known"
-        )
+        raise no_contract(path)
     return contract
+
+
+def no_contract(path: Path | None) -> QuantpipeError:
+    return QuantpipeError(
+        f"{path} carries no quantpipe preprocessing metadata: export it with "
+        "`quantpipe export`, or pass --model NAME so its preprocessing is known"
+    )

@@ -19,7 +19,7 @@ from quantpipe.engines.base import RunnerContext
 from quantpipe.engines.registry import DEFAULT_BACKEND, get_backend
 from quantpipe.errors import QuantpipeError
 from quantpipe.evaluate.evaluate import EvalSetup, Score, evaluate
-from quantpipe.export.metadata import ModelContract, contract_from_onnx, require_contract
+from quantpipe.export.metadata import ModelContract, contract_from_onnx, no_contract
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
 from quantpipe.stages.common import DataRef, LabelSource, ModelRef
@@ -93,10 +93,13 @@ class EvalStage:
 
     def contract(self) -> ModelContract:
         """Preprocessing, task and class count: from the ONNX metadata, else the registry."""
+        onnx = self.onnx if self.backend.runs == "onnx" else None
+        recorded = contract_from_onnx(onnx) if onnx else None
+        if recorded is not None:
+            return recorded
         if self.model is None:
-            return require_contract(self.onnx)  # type: ignore[arg-type]  # checked on creation
-        found = contract_from_onnx(self.onnx) if self.backend.runs == "onnx" and self.onnx else None
-        return found or ModelContract.of_spec(self.model.spec)
+            raise no_contract(self.onnx)
+        return ModelContract.of_spec(self.model.spec)
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
         inputs = {**self.data.inputs(), **self.labels.inputs(run, self.data)}

@@ -1,0 +1,36 @@
+"""`calibrate` is a stage like the others: its record lists the tables it wrote or reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from quantpipe.cli import main
+from tests.unit.test_lazy_cli import _tiny_classifier
+
+
+def test_calibrate_records_its_tables_and_skips_when_up_to_date(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    _tiny_classifier(run / "model.fp32.onnx")
+    x = np.random.default_rng(2).integers(0, 256, (200, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(200) % 10)
+    argv = ["calibrate", "--data", f"npz:{tmp_path / 'd.npz'}", "--calib-count", "64"]
+    common = ["--run-dir", str(run), "--quiet"]
+    assert main([*argv, "--calibrators", "max,entropy", *common]) == 0
+    record = json.loads((run / "manifest.json").read_text())["stages"]["calibrate"]
+    assert record["stage"] == "calibrate"
+    tables = record["results"]["tables"]
+    assert set(tables) == {"max", "entropy"} and not any(t["reused"] for t in tables.values())
+    outputs = {o["path"] for o in record["outputs"]}
+    assert outputs == {
+        f"calib/{t['key']}.{ext}" for t in tables.values() for ext in ("json", "trtcache")
+    }
+    assert all((run / p).is_file() for p in outputs)
+    assert main([*argv, "--calibrators", "max,entropy", *common]) == 0
+    assert "calibrate: up to date, skipped" in capsys.readouterr().out
+    assert main([*argv, "--calibrators", "max", *common]) == 0  # other parameters: runs again
+    out = capsys.readouterr().out
+    assert "calibrate: done in" in out and "max: reused cached table" in out
