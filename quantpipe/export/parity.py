@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -20,15 +19,6 @@ class Parity:
     top1_agreement: float
     reference_abs_max: float
     data: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "samples": self.samples,
-            "max_abs_diff": self.max_abs_diff,
-            "top1_agreement": self.top1_agreement,
-            "reference_abs_max": self.reference_abs_max,
-            "data": self.data,
-        }
 
 
 def check_parity(

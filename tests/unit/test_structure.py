@@ -108,3 +108,11 @@ def test_every_stage_has_the_same_contract(stage: type) -> None:
         assert callable(getattr(stage, method))
     # The manifest record's name: fixed for once-per-run stages, per instance for the others.
     assert isinstance(stage.name, str | property)
+
+
+def test_the_parsers_calibrator_names_are_the_registrys() -> None:
+    # The parser spells them out so that --help does not import the calibration package.
+    from quantpipe.calibration import CALIBRATORS
+    from quantpipe.cli.parser import CALIBRATORS as LISTED
+
+    assert tuple(CALIBRATORS) == LISTED
