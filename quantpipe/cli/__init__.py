@@ -27,6 +27,7 @@ COMMANDS = {
     "calibrate": "quantpipe.cli.stage_commands:cmd_calibrate",
     "ptq": "quantpipe.cli.stage_commands:cmd_ptq",
     "compare": "quantpipe.cli.compare_command:cmd_compare",
+    "inspect": "quantpipe.cli.inspect_command:cmd_inspect",
     "run": "quantpipe.cli.run_command:cmd_run",
 }
 # Libraries a command may need that a slim (e.g. serving-only) install can lack.

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _btc_parser(sub)
     _ptq_parsers(sub)
+    inspect = sub.add_parser(
+        "inspect", help="what an engine, ONNX model or BTC container holds, and its checks"
+    )
+    inspect.add_argument("file", help="an engine (.plan/.onnx + .json), an .onnx or a .btc file")
     run = sub.add_parser("run", help="run the stages of a config file (default: the demo)")
     run.add_argument("--config", help="TOML config (default: the built-in demo)")
     run.add_argument("--force", action="store_true", help="rerun every stage")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from quantpipe.engines.base import RunnerContext
@@ -17,6 +18,55 @@ from quantpipe.errors import QuantpipeError
 
 # What a backend's runner takes: an ONNX file, a PyTorch module, or a serialized engine.
 ModelKind = Literal["onnx", "torch", "engine"]
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The batch sizes an engine accepts (TensorRT's optimization profile on the batch axis)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise QuantpipeError(
+                f"batch profile {self.min}/{self.opt}/{self.max} is not 1 ≤ min ≤ opt ≤ max"
+            )
+
+    def admits(self, batch: int) -> bool:
+        return self.min <= batch <= self.max
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One engine to build.
+
+    Attributes:
+        source: the ONNX model to build from (FP32, FP16 or Q/DQ INT8, per `precision`).
+        out: where to write the engine (a temporary name; the stage renames it).
+        precision: what the engine computes in.
+        profile: the batch sizes it must accept.
+        workspace_mib: TensorRT's workspace memory pool limit.
+        cache_dir: where timing caches live (one per GPU and runtime version).
+    """
+
+    source: Path
+    out: Path
+    precision: Precision
+    profile: BatchProfile
+    workspace_mib: int = 4096
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What a builder reports: the runtime and version that built it, and its options."""
+
+    runtime: str
+    runtime_version: str
+    options: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -49,6 +99,11 @@ class Backend:
         runs: the kind of model its runner takes.
         probe: checks, without side effects, whether it can run here.
         factory: makes a runner for a model of kind `runs`.
+        builder: turns an ONNX model into the engine file this backend runs (None: the
+            backend builds no engines, e.g. PyTorch).
+        engine_suffix: the engine file's suffix (.onnx for ONNX Runtime, .plan for TensorRT).
+        int8_build: which INT8 model of a run it builds from: the portable Q/DQ model
+            ("qdq") or the ONNX Runtime CPU build ("ort").
     """
 
     name: str
@@ -56,16 +111,30 @@ class Backend:
     runs: ModelKind
     probe: Callable[[], Availability]
     factory: Callable[[Any, RunnerOptions], RunnerContext]
+    builder: Callable[[BuildJob], BuildInfo] | None = None
+    engine_suffix: str = ".onnx"
+    int8_build: Literal["qdq", "ort"] = "qdq"
 
     def runner(self, model: Any, options: RunnerOptions | None = None) -> RunnerContext:
         """A runner for `model`; a clear error when this backend cannot run here."""
+        self.require_available()
+        return self.factory(model, options or RunnerOptions())
+
+    def build(self, job: BuildJob) -> BuildInfo:
+        """Build the engine of `job`; a clear error when this backend builds none or cannot
+        run here."""
+        if self.builder is None:
+            raise QuantpipeError(f"backend {self.name} builds no engine files")
+        self.require_available()
+        return self.builder(job)
+
+    def require_available(self) -> None:
         availability = self.probe()
         if not availability.available:
             raise QuantpipeError(
                 f"backend {self.name} is not available here: {availability.detail}; "
                 "see `quantpipe backends`"
             )
-        return self.factory(model, options or RunnerOptions())
 
 
 def pick(name: str, backends: dict[str, Backend]) -> Backend:

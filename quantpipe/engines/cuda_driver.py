@@ -27,3 +27,23 @@ def visible_gpus() -> tuple[int, str]:
     if status != _CUDA_SUCCESS or count.value == 0:
         return 0, "the CUDA driver sees no device"
     return count.value, ""
+
+
+# cuDeviceGetAttribute codes (CUDA driver API, CUdevice_attribute).
+_CC_MAJOR, _CC_MINOR = 75, 76
+
+
+def gpu_name_and_capability(index: int = 0) -> tuple[str, str] | None:
+    """(name, compute capability "9.0") of CUDA device `index`; None without a GPU."""
+    if visible_gpus()[0] <= index:
+        return None
+    lib = ctypes.CDLL("libcuda.so.1")
+    device = ctypes.c_int(0)
+    if lib.cuDeviceGet(ctypes.byref(device), index) != _CUDA_SUCCESS:
+        return None
+    name = ctypes.create_string_buffer(256)
+    lib.cuDeviceGetName(name, len(name), device)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    lib.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, device)
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, device)
+    return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantpipe.engines.backend import Availability, Backend, RunnerOptions
+from quantpipe.engines.backend import Availability, Backend, BuildInfo, BuildJob, RunnerOptions
 from quantpipe.engines.backend import unavailable_because_missing as missing
 from quantpipe.engines.base import RunnerContext
 from quantpipe.engines.cuda_driver import visible_gpus
@@ -63,6 +64,19 @@ def _probe(device: str) -> Availability:
     return Availability(True, f"onnxruntime {ort.__version__}, {PROVIDERS[device]}")
 
 
+def _build(device: str) -> Any:
+    def build(job: BuildJob) -> BuildInfo:
+        """ONNX Runtime's "engine" is the ONNX model it runs, copied beside the others so
+        that the engines directory is all a serving host needs; ONNX Runtime optimises the
+        graph when a session loads it."""
+        import onnxruntime as ort
+
+        shutil.copyfile(job.source, job.out)
+        return BuildInfo("onnxruntime", ort.__version__, {"provider": PROVIDERS[device]})
+
+    return build
+
+
 def _factory(device: str) -> Any:
     def make(model: Path, options: RunnerOptions) -> OnnxRuntimeRunner:
         return OnnxRuntimeRunner(model, OrtConfig(device, options.threads))
@@ -76,6 +90,8 @@ ONNXRUNTIME_CPU = Backend(
     "onnx",
     lambda: _probe("cpu"),
     _factory("cpu"),
+    builder=_build("cpu"),
+    int8_build="ort",  # the CPU build: every Conv and residual Add on integer kernels
 )
 ONNXRUNTIME_CUDA = Backend(
     "onnxruntime-cuda",
@@ -83,4 +99,5 @@ ONNXRUNTIME_CUDA = Backend(
     "onnx",
     lambda: _probe("cuda"),
     _factory("cuda"),
+    builder=_build("cuda"),
 )
