@@ -18,6 +18,9 @@ BTC_REPORT_MD = "btc/report.md"
 BTC_HISTOGRAM_PNG = "btc/weights_histogram.png"
 BTC_BLOCK_SIZE_PNG = "btc/accuracy_vs_block_size.png"
 CALIB_DIR = "calib"
+ENGINES_DIR = "engines"
+BENCH_JSON = "bench/bench.json"
+REPORT_MD = "report/report.md"
 
 PYTORCH = "pytorch"
 FP32 = "fp32"
@@ -53,6 +56,19 @@ def int8_label(source_label: str, build: str) -> str:
 def int8_file(source: Path, build: str = "qdq") -> str:
     """The INT8 model `ptq` writes for the ONNX model at `source`."""
     return onnx_file(int8_label(onnx_label(source), build))
+
+
+def fp16_file(source: Path) -> str:
+    """The FP16 ONNX model made from a float one: `model.fp32.onnx` → `model.fp16.onnx`,
+    `model.btc.onnx` → `model.btc.fp16.onnx`."""
+    label = onnx_label(source)
+    return onnx_file("fp16" if label == FP32 else f"{label}.fp16")
+
+
+def engine_file(model: str, backend: str, precision: str, suffix: str) -> str:
+    """`engines/fp32.onnxruntime-cpu.int8.onnx`: the engine of a run's model (`fp32`,
+    `btc`, ...) for a backend, in a precision."""
+    return f"{ENGINES_DIR}/{model}.{backend}.{precision}{suffix}"
 
 
 def record_name(kind: str, source: Path) -> str:

@@ -26,6 +26,8 @@ COMMANDS = {
     "btc": "quantpipe.cli.stage_commands:cmd_btc",
     "calibrate": "quantpipe.cli.stage_commands:cmd_calibrate",
     "ptq": "quantpipe.cli.stage_commands:cmd_ptq",
+    "engines": "quantpipe.cli.stage_commands:cmd_engines",
+    "bench": "quantpipe.cli.stage_commands:cmd_bench",
     "compare": "quantpipe.cli.compare_command:cmd_compare",
     "inspect": "quantpipe.cli.inspect_command:cmd_inspect",
     "run": "quantpipe.cli.run_command:cmd_run",

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _btc_parser(sub)
     _ptq_parsers(sub)
+    _engine_parsers(sub)
     inspect = sub.add_parser(
         "inspect", help="what an engine, ONNX model or BTC container holds, and its checks"
     )
@@ -193,3 +194,35 @@ def _ptq_parsers(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--count", type=int, default=64)
     cmp.add_argument("--top", type=int, default=15, help="rows of the per-layer table")
     cmp.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: default)")
+
+
+def _engine_parsers(sub: argparse._SubParsersAction) -> None:
+    eng = sub.add_parser(
+        "engines", help="build every model of a run for every backend (+ JSON metadata)"
+    )
+    _add_data_options(eng, required=False)
+    eng.add_argument(
+        "--backends", type=_csv(str), default=(), help="default: every one that builds here"
+    )
+    eng.add_argument("--precisions", type=_csv(str), default=("fp32", "fp16", "int8"))
+    eng.add_argument(
+        "--batch-sizes", type=_csv(int), default=(1, 8, 32, 128), help="the batch profile"
+    )
+    eng.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace")
+    _add_run_options(eng)
+    bench = sub.add_parser("bench", help="time every engine as trtexec does (bench/bench.json)")
+    _add_data_options(bench, required=True)
+    bench.add_argument("--batch-sizes", type=_csv(int), default=(1, 8, 32, 128))
+    bench.add_argument("--warmup-s", type=float, default=0.2, help="warm-up per batch size")
+    bench.add_argument("--duration", type=float, default=3.0, help="timed seconds, at least")
+    bench.add_argument("--iterations", type=int, default=10, help="timed iterations, at least")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds per batch size")
+    bench.add_argument("--split", default="test", help="split for accuracy (default test)")
+    bench.add_argument("--count", type=int, help="only the first N samples of the split")
+    bench.add_argument(
+        "--ort-baselines",
+        action="store_true",
+        help="also time ONNX Runtime's quantize_static models (its documented configurations)",
+    )
+    _add_reference_option(bench)
+    _add_run_options(bench)

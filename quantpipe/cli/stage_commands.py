@@ -94,6 +94,35 @@ def cmd_ptq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engines(args: argparse.Namespace) -> int:
+    from quantpipe.stages.engines import EnginesConfig, EnginesStage
+
+    cfg = EnginesConfig(args.backends, args.precisions, args.batch_sizes, args.workspace_mib)
+    data = _data(args) if args.data else None
+    with open_run(args, "run") as run:
+        _run(run, EnginesStage(data, cfg), args)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from quantpipe.stages.bench import BenchConfig, BenchStage
+
+    cfg = BenchConfig(
+        args.batch_sizes,
+        args.warmup_s,
+        args.duration,
+        args.iterations,
+        args.rounds,
+        args.split,
+        args.count,
+        args.ort_baselines,
+    )
+    with open_run(args, "run") as run:
+        stage = BenchStage(_data(args), cfg, LabelSource(args.reference))
+        print(_run(run, stage, args).result.table())
+    return 0
+
+
 def open_run(args: argparse.Namespace, name_hint: str) -> RunDir:
     if args.run_dir:
         return RunDir.open(args.run_dir)

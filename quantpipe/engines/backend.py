@@ -71,10 +71,17 @@ class BuildInfo:
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """Settings every runner honours. threads: intra-op CPU threads, 0 for the library's
-    default."""
+    """Settings every runner honours where they apply.
+
+    Attributes:
+        threads: intra-op CPU threads, 0 for the library's default.
+        spinning: False where runners take turns on the same cores (benchmarks): ONNX
+            Runtime's idle threads then stop spinning, which slowed the next session by up
+            to 2.6× here.
+    """
 
     threads: int = 0
+    spinning: bool = True
 
     def __post_init__(self) -> None:
         if self.threads < 0:

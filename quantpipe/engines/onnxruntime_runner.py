@@ -79,7 +79,8 @@ def _build(device: str) -> Any:
 
 def _factory(device: str) -> Any:
     def make(model: Path, options: RunnerOptions) -> OnnxRuntimeRunner:
-        return OnnxRuntimeRunner(model, OrtConfig(device, options.threads))
+        config = OrtConfig(device, options.threads, spinning=options.spinning)
+        return OnnxRuntimeRunner(model, config)
 
     return make
 

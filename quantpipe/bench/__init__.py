@@ -1,0 +1,1 @@
+"""Benchmarking engines the way trtexec does: timed loop, latency statistics, references."""
