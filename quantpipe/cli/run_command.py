@@ -14,8 +14,10 @@ from quantpipe.cli.summary import print_summary
 from quantpipe.engines.registry import get_backend
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import RunOptions, Stage, run_stage
+from quantpipe.stages.bench import BenchStage
 from quantpipe.stages.btc import BtcStage
 from quantpipe.stages.common import DataRef, ModelRef
+from quantpipe.stages.engines import EnginesStage
 from quantpipe.stages.evaluate import EvalConfig, EvalStage
 from quantpipe.stages.export import ExportStage
 from quantpipe.stages.ptq import PtqStage
@@ -57,6 +59,10 @@ def planned_stages(run: RunDir, cfg: RunConfig) -> Iterator[Stage[Any]]:
                 continue
             for artifact in _onnx_models(run, cfg):
                 yield EvalStage(data, artifact, model, ecfg)
+    if "engines" in cfg.stages:
+        yield EnginesStage(data, cfg.engines)
+    if "bench" in cfg.stages:
+        yield BenchStage(data, cfg.bench)
 
 
 def _float_models(run: RunDir, cfg: RunConfig) -> list[Path]:

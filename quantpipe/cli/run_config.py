@@ -11,13 +11,15 @@ from typing import Any
 
 from quantpipe.engines.registry import DEFAULT_BACKEND, get_backend
 from quantpipe.errors import QuantpipeError
+from quantpipe.stages.bench import BenchConfig
 from quantpipe.stages.btc import COMMON_KEYS, BtcConfig
 from quantpipe.stages.btc_modes import BTC_MODES, mode_from_flags
+from quantpipe.stages.engines import EnginesConfig
 from quantpipe.stages.export import ExportConfig
 from quantpipe.stages.ptq import PtqConfig
 from quantpipe.stages.training import TrainConfig
 
-STAGES = ("train", "export", "btc", "ptq", "eval")
+STAGES = ("train", "export", "btc", "ptq", "eval", "engines", "bench")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class RunConfig:
     btc: BtcConfig = field(default_factory=BtcConfig)
     ptq: PtqConfig = field(default_factory=PtqConfig)
     eval: EvalPlan = field(default_factory=EvalPlan)
+    engines: EnginesConfig = field(default_factory=EnginesConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -72,7 +76,7 @@ def _read(path: Path) -> str:
 
 
 def _build(doc: dict[str, Any], where: str) -> RunConfig:
-    _only(doc, {"run", "train", "export", "btc", "ptq", "eval"}, where, "top level")
+    _only(doc, {"run", *STAGES}, where, "top level")
     run = dict(doc.get("run", {}))
     _only(run, {"name", "model", "data", "seed", "stages", "weights"}, where, "[run]")
     for key in ("name", "model", "data", "stages"):
@@ -86,6 +90,8 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
         btc=_btc_section(_tuples(doc.get("btc", {})), where),
         ptq=_section(PtqConfig, _tuples(doc.get("ptq", {})), where, "[ptq]"),
         eval=_section(EvalPlan, _tuples(doc.get("eval", {})), where, "[eval]"),
+        engines=_section(EnginesConfig, _tuples(doc.get("engines", {})), where, "[engines]"),
+        bench=_section(BenchConfig, _tuples(doc.get("bench", {})), where, "[bench]"),
     )
 
 

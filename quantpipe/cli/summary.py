@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from quantpipe.artifacts import FP32, deliverable
+from quantpipe.artifacts import BENCH_JSON, FP32, deliverable
 from quantpipe.cli.run_config import RunConfig
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageOutcome
+from quantpipe.stages.bench_result import BenchResult
 from quantpipe.stages.evaluate import EvalResult
 from quantpipe.text_table import format_table
 
@@ -44,6 +45,10 @@ def print_summary(run: RunDir, cfg: RunConfig, outcomes: list[StageOutcome[Any]]
     print(format_table(HEADERS, rows))
     if evals:
         print(f"Accuracy measured on {evals[0][1].data}.")
+    for outcome in outcomes:
+        if isinstance(outcome.result, BenchResult):
+            print(f"\nEngines of run {run.path}, benchmarked ({run.path / BENCH_JSON}):")
+            print(outcome.result.table())
 
 
 def _bits_per_artifact(outcomes: list[StageOutcome[Any]]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from quantpipe.bench.timing import TimingPlan, merge, time_inference
 from quantpipe.data.selection import Selection, select
 from quantpipe.engines.backend import RunnerOptions
 from quantpipe.engines.machine import cpu_info, gpu_info
-from quantpipe.engines.metadata import EngineMeta, load_engine
+from quantpipe.engines.metadata import EngineMeta, check_batch, load_engine
 from quantpipe.engines.registry import get_backend
 from quantpipe.errors import QuantpipeError
 from quantpipe.evaluate.evaluate import EvalSetup, evaluate
@@ -106,6 +106,9 @@ class BenchStage:
     def run(self, ctx: StageContext) -> BenchResult:
         threads = ctx.threads or cpu_info().cores
         entries = [_engine_entry(p) for p in _engine_files(ctx.run)]
+        for entry in entries:  # refused before anything is timed
+            for batch in self.config.batch_sizes:
+                check_batch(entry.path, entry.meta, batch)  # type: ignore[arg-type]
         source = ctx.run.artifact(FP32_ONNX)
         contract = require_contract(source if source.is_file() else entries[0].path)
         dataset = self.data.open()
@@ -131,9 +134,9 @@ class BenchStage:
             entry.runner.activate()
         try:
             for batch in track(self.config.batch_sizes, "bench", ctx.progress, unit="batch size"):
-                self._time_batch([e for e in entries if _admits(e, batch)], test, batch)
+                self._time_batch(entries, test, batch)
             setup = EvalSetup(contract.task, contract.num_classes, progress=False)
-            return [_bench(e, test, setup, self.config.batch_sizes) for e in entries]
+            return [_bench(e, test, setup) for e in entries]
         finally:
             for entry in entries:
                 entry.runner.deactivate()
@@ -190,10 +193,6 @@ def _engine_entry(path: Path) -> _Entry:
     return _Entry(path, path.name, "engine", meta.backend, meta.model, meta.precision, what, meta)
 
 
-def _admits(entry: _Entry, batch: int) -> bool:
-    return entry.meta is None or entry.meta.admits(batch)
-
-
 def _batch_of(test: Selection, batch: int) -> Any:
     """`batch` real samples of the split (repeated when the split is smaller)."""
     import numpy as np
@@ -202,7 +201,7 @@ def _batch_of(test: Selection, batch: int) -> Any:
     return np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
 
 
-def _bench(entry: _Entry, test: Selection, setup: EvalSetup, sizes: tuple[int, ...]) -> EngineBench:
+def _bench(entry: _Entry, test: Selection, setup: EvalSetup) -> EngineBench:
     """The entry's timings, and its accuracy through the same (active) runner."""
     batch = min(ACCURACY_BATCH, entry.meta.profile.max) if entry.meta else ACCURACY_BATCH
     score = evaluate(entry.runner, test, dataclasses.replace(setup, batch_size=batch))
@@ -217,7 +216,6 @@ def _bench(entry: _Entry, test: Selection, setup: EvalSetup, sizes: tuple[int, .
         weight_bits=WEIGHT_BITS[entry.precision],
         accuracy=score,
         batches=[BatchTiming.of(size, merge(t)) for size, t in sorted(entry.timings.items())],
-        skipped_batches=[b for b in sizes if b not in entry.timings],
     )
 
 

@@ -54,7 +54,6 @@ class EngineBench:
     accuracy: Score
     batches: list[BatchTiming]
     compression_vs_fp32: float | None = None  # FP32 engine bytes ÷ these bytes
-    skipped_batches: list[int] | None = None  # outside the engine's profile
 
     def at(self, batch: int) -> BatchTiming | None:
         return next((b for b in self.batches if b.batch == batch), None)

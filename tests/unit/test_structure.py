@@ -85,14 +85,17 @@ def test_backend_names_and_kinds_are_owned_by_the_registry() -> None:
 
 
 def _stage_classes() -> list[type]:
+    from quantpipe.stages.bench import BenchStage
     from quantpipe.stages.btc import BtcStage
     from quantpipe.stages.calibrate import CalibrateStage
+    from quantpipe.stages.engines import EnginesStage
     from quantpipe.stages.evaluate import EvalStage
     from quantpipe.stages.export import ExportStage
     from quantpipe.stages.ptq import PtqStage
     from quantpipe.stages.train import TrainStage
 
-    return [TrainStage, ExportStage, EvalStage, BtcStage, CalibrateStage, PtqStage]
+    stages = [TrainStage, ExportStage, EvalStage, BtcStage, CalibrateStage, PtqStage]
+    return [*stages, EnginesStage, BenchStage]
 
 
 @pytest.mark.parametrize("stage", _stage_classes(), ids=lambda s: s.kind)
