@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,7 @@ def _probe(device: str) -> Availability:
             f"onnxruntime {ort.__version__} has no {PROVIDERS[device]} (install quantpipe[gpu] "
             "on a CUDA host)",
         )
-    if device == "cuda" and not (gpus := visible_gpus())[0]:
+    if device != "cpu" and not (gpus := visible_gpus())[0]:
         return Availability(False, gpus[1])
     return Availability(True, f"onnxruntime {ort.__version__}, {PROVIDERS[device]}")
 
@@ -77,10 +78,38 @@ def _build(device: str) -> Any:
     return build
 
 
+def _tensorrt_options(model: Path) -> tuple[tuple[str, str], ...]:
+    """TensorRT provider options: its engine and timing caches beside the model, and the
+    batch profile from the engine's metadata when there is one (else TensorRT rebuilds for
+    every new input shape). Option names from ONNX Runtime's TensorRT provider documentation."""
+    import json
+
+    cache = model.parent / "ort-tensorrt-cache" / model.stem
+    options = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+    }
+    meta = model.with_suffix(".json")
+    if meta.is_file():
+        recorded = json.loads(meta.read_text())
+        for key in ("min", "opt", "max"):
+            options[f"trt_profile_{key}_shapes"] = _shapes(recorded, recorded["profile"][key])
+    return tuple(options.items())
+
+
+def _shapes(meta: dict[str, Any], batch: int) -> str:
+    """`input:8x3x224x224` for every input, at `batch`."""
+    dims = ((i["name"], [batch, *(d for d in i["shape"][1:])]) for i in meta["inputs"])
+    return ",".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape in dims)
+
+
 def _factory(device: str) -> Any:
     def make(model: Path, options: RunnerOptions) -> OnnxRuntimeRunner:
+        extra = _tensorrt_options(Path(model)) if device == "tensorrt" else ()
         config = OrtConfig(device, options.threads, spinning=options.spinning)
-        return OnnxRuntimeRunner(model, config)
+        return OnnxRuntimeRunner(model, dataclasses.replace(config, provider_options=extra))
 
     return make
 
@@ -101,4 +130,12 @@ ONNXRUNTIME_CUDA = Backend(
     lambda: _probe("cuda"),
     _factory("cuda"),
     builder=_build("cuda"),
+)
+ONNXRUNTIME_TENSORRT = Backend(
+    "onnxruntime-tensorrt",
+    "ONNX Runtime, TensorRT execution provider (CUDA for the rest)",
+    "onnx",
+    lambda: _probe("tensorrt"),
+    _factory("tensorrt"),
+    builder=_build("tensorrt"),
 )

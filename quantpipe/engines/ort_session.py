@@ -19,7 +19,11 @@ from quantpipe.errors import QuantpipeError
 if TYPE_CHECKING:
     import onnx
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 # Keep QuantizeLinear/DequantizeLinear as separate ops instead of fusing DQ -> op -> Q into
 # integer kernels; the ops then run in float on dequantized values, which is exact Q/DQ
 # arithmetic (what TensorRT's INT8 kernels compute, up to rounding).
@@ -40,6 +44,8 @@ class OrtConfig:
         spinning: False stops idle intra-op threads from spinning, for sessions that share
             the cores with other work of ours between runs.
         optimized_model_path: where ONNX Runtime writes the graph it actually runs.
+        provider_options: options of the device's execution provider (name, value), e.g. the
+            TensorRT provider's engine and timing caches.
     """
 
     device: str = "cpu"
@@ -47,10 +53,13 @@ class OrtConfig:
     qdq_fusions: bool = True
     spinning: bool = True
     optimized_model_path: str | None = None
+    provider_options: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.device not in PROVIDERS:
-            raise QuantpipeError(f"unknown ONNX Runtime device {self.device!r}: use cpu or cuda")
+            raise QuantpipeError(
+                f"unknown ONNX Runtime device {self.device!r}: use {', '.join(PROVIDERS)}"
+            )
         if self.threads < 0:
             raise QuantpipeError(f"threads must be 0 (auto) or positive, got {self.threads}")
 
@@ -67,15 +76,15 @@ def make_session(model: str | os.PathLike[str] | onnx.ModelProto, config: OrtCon
         )
     options = _session_options(ort, config)
     if isinstance(model, str | os.PathLike):
-        return _load(ort, str(model), options, provider, str(model))
+        return _load(ort, str(model), options, config, str(model))
     if model.ByteSize() < _MAX_PROTO_BYTES:
-        return _load(ort, model.SerializeToString(), options, provider, "an in-memory model")
+        return _load(ort, model.SerializeToString(), options, config, "an in-memory model")
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="quantpipe-ort-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
-        return _load(ort, str(path), options, provider, "an in-memory model")
+        return _load(ort, str(path), options, config, "an in-memory model")
 
 
 def _session_options(ort: Any, config: OrtConfig) -> Any:
@@ -92,9 +101,16 @@ def _session_options(ort: Any, config: OrtConfig) -> Any:
     return options
 
 
-def _load(ort: Any, model: str | bytes, options: Any, provider: str, what: str) -> Any:
+def _providers(config: OrtConfig) -> list[Any]:
+    """The provider with its options; the TensorRT provider with CUDA behind it for the
+    nodes TensorRT does not take (as ONNX Runtime's documentation recommends)."""
+    main = (PROVIDERS[config.device], dict(config.provider_options))
+    return [main, PROVIDERS["cuda"]] if config.device == "tensorrt" else [main]
+
+
+def _load(ort: Any, model: str | bytes, options: Any, config: OrtConfig, what: str) -> Any:
     try:
-        return ort.InferenceSession(model, options, providers=[provider])
+        return ort.InferenceSession(model, options, providers=_providers(config))
     except Exception as e:  # ORT raises its own exception types, not exported stably
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QuantpipeError(f"ONNX Runtime cannot load {what}: {first}") from None

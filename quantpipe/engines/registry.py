@@ -8,11 +8,22 @@ backends`, run configs) asks this module, through `get_backend` and `all_backend
 from __future__ import annotations
 
 from quantpipe.engines.backend import Backend, pick
-from quantpipe.engines.onnxruntime_runner import ONNXRUNTIME_CPU, ONNXRUNTIME_CUDA
+from quantpipe.engines.onnxruntime_runner import (
+    ONNXRUNTIME_CPU,
+    ONNXRUNTIME_CUDA,
+    ONNXRUNTIME_TENSORRT,
+)
 from quantpipe.engines.tensorrt_runner import TENSORRT
 from quantpipe.engines.torch_runner import TORCH_CPU, TORCH_CUDA
 
-_ENTRIES = (ONNXRUNTIME_CPU, ONNXRUNTIME_CUDA, TORCH_CPU, TORCH_CUDA, TENSORRT)
+_ENTRIES = (
+    ONNXRUNTIME_CPU,
+    ONNXRUNTIME_CUDA,
+    ONNXRUNTIME_TENSORRT,
+    TORCH_CPU,
+    TORCH_CUDA,
+    TENSORRT,
+)
 _BACKENDS: dict[str, Backend] = {b.name: b for b in _ENTRIES}
 DEFAULT_BACKEND = ONNXRUNTIME_CPU.name
 

@@ -21,7 +21,9 @@ from tests.unit.test_lazy_cli import _tiny_classifier
 
 def test_every_backend_says_what_it_runs_and_whether_it_works_here() -> None:
     backends = registry.all_backends()
-    assert [b.name for b in backends][:3] == ["onnxruntime-cpu", "onnxruntime-cuda", "torch-cpu"]
+    names = [b.name for b in backends]
+    assert names[:3] == ["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt"]
+    assert {"torch-cpu", "torch-cuda", "tensorrt"} <= set(names)
     assert {b.runs for b in backends} == {"onnx", "torch", "engine"}
     for b in backends:
         availability = b.probe()

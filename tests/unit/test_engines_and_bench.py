@@ -117,3 +117,17 @@ def test_engines_for_a_backend_that_cannot_build_here_is_refused(built: Path, ca
     _fails(
         capsys, main(["engines", "--backends", "tensorrt", "--force", *_common(built)]), "tensorrt"
     )
+
+
+def test_the_tensorrt_provider_gets_caches_and_the_engines_profile(built: Path) -> None:
+    from quantpipe.engines.backend import RunnerOptions
+    from quantpipe.engines.registry import get_backend
+
+    engine = built / "engines" / "fp32.onnxruntime-cpu.fp32.onnx"
+    backend = get_backend("onnxruntime-tensorrt")
+    # The factory only configures the session; making one needs a GPU (skipped here).
+    runner = backend.factory(engine, RunnerOptions())
+    options = dict(runner.config.provider_options)  # type: ignore[attr-defined]
+    assert options["trt_engine_cache_enable"] == options["trt_timing_cache_enable"] == "True"
+    assert options["trt_profile_min_shapes"] == "input:1x1x8x8"
+    assert options["trt_profile_max_shapes"] == "input:8x1x8x8"
