@@ -39,6 +39,15 @@ class BatchProfile:
         return self.min <= batch <= self.max
 
 
+def outside_profile(engine: str, batch: int, low: int, high: int) -> QuantpipeError:
+    """The one-line refusal of a batch size an engine's profile does not admit."""
+    return QuantpipeError(
+        f"batch size {batch} is outside the profile of engine {engine} (min {low}, max "
+        f"{high}): choose batch sizes in that range, or rebuild the engine with --batch-sizes "
+        "covering it"
+    )
+
+
 @dataclass(frozen=True)
 class BuildJob:
     """One engine to build.

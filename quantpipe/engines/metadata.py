@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantpipe.engines.backend import BatchProfile
+from quantpipe.engines.backend import BatchProfile, outside_profile
 from quantpipe.engines.machine import CpuInfo, GpuInfo, gpu_info
 from quantpipe.errors import CorruptArtifactError, QuantpipeError
 from quantpipe.pipeline.hashing import sha256_file
@@ -124,12 +124,7 @@ def installed_runtime_version(runtime: str) -> str | None:
 
 def check_batch(engine: Path, meta: EngineMeta, batch: int) -> None:
     if not meta.admits(batch):
-        p = meta.profile
-        raise QuantpipeError(
-            f"batch size {batch} is outside the profile of engine {engine.name} "
-            f"(min {p.min}, max {p.max}): choose batch sizes in that range, or rebuild the "
-            "engine with --batch-sizes covering it"
-        )
+        raise outside_profile(engine.name, batch, meta.profile.min, meta.profile.max)
 
 
 def onnx_io(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
