@@ -62,16 +62,22 @@ class Timing:
     iterations: int
     total_s: float
     latency: list[float]  # seconds per inference, in order
+    device: list[float]  # seconds of device compute per inference, where the runner times it
 
 
-def time_inference(infer: Callable[[], object], plan: TimingPlan) -> Timing:
-    """Warm up, then call `infer` until the plan's duration and count are both reached."""
+def time_inference(
+    infer: Callable[[], object],
+    plan: TimingPlan,
+    device_s: Callable[[], float | None] | None = None,
+) -> Timing:
+    """Warm up, then call `infer` until the plan's duration and count are both reached.
+    `device_s`, if given, reads the device time of the inference that just ran."""
     start = time.perf_counter()
     while time.perf_counter() - start < plan.warmup_s:
         infer()
     latencies: list[float] = []
-    begin = time.perf_counter()
-    now = begin
+    device: list[float] = []
+    begin = now = time.perf_counter()
     while len(latencies) < plan.max_iterations and (
         len(latencies) < plan.min_iterations or now - begin < plan.min_seconds
     ):
@@ -79,10 +85,13 @@ def time_inference(infer: Callable[[], object], plan: TimingPlan) -> Timing:
         infer()
         now = time.perf_counter()
         latencies.append(now - t0)
-    return Timing(len(latencies), now - begin, latencies)
+        if device_s is not None and (d := device_s()) is not None:
+            device.append(d)
+    return Timing(len(latencies), now - begin, latencies, device)
 
 
 def merge(timings: list[Timing]) -> Timing:
     """Rounds of the same measurement (interleaved with other engines) as one."""
     latency = [t for timing in timings for t in timing.latency]
-    return Timing(len(latency), sum(t.total_s for t in timings), latency)
+    device = [t for timing in timings for t in timing.device]
+    return Timing(len(latency), sum(t.total_s for t in timings), latency, device)

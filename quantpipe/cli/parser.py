@@ -212,6 +212,7 @@ def _engine_parsers(sub: argparse._SubParsersAction) -> None:
     _add_run_options(eng)
     bench = sub.add_parser("bench", help="time every engine as trtexec does (bench/bench.json)")
     _add_data_options(bench, required=True)
+    _add_model_options(bench, required=False)  # on a CUDA host: the PyTorch GPU reference
     bench.add_argument("--batch-sizes", type=_csv(int), default=(1, 8, 32, 128))
     bench.add_argument("--warmup-s", type=float, default=0.2, help="warm-up per batch size")
     bench.add_argument("--duration", type=float, default=3.0, help="timed seconds, at least")

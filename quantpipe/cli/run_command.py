@@ -62,7 +62,7 @@ def planned_stages(run: RunDir, cfg: RunConfig) -> Iterator[Stage[Any]]:
     if "engines" in cfg.stages:
         yield EnginesStage(data, cfg.engines)
     if "bench" in cfg.stages:
-        yield BenchStage(data, cfg.bench)
+        yield BenchStage(data, cfg.bench, model=model)
 
 
 def _float_models(run: RunDir, cfg: RunConfig) -> list[Path]:

@@ -118,7 +118,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.ort_baselines,
     )
     with open_run(args, "run") as run:
-        stage = BenchStage(_data(args), cfg, LabelSource(args.reference))
+        model = _model(args) if args.model else None
+        stage = BenchStage(_data(args), cfg, LabelSource(args.reference), model)
         print(_run(run, stage, args).result.table())
     return 0
 

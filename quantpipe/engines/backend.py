@@ -91,6 +91,8 @@ class RunnerOptions:
 
     threads: int = 0
     spinning: bool = True
+    precision: Precision = "fp32"  # PyTorch CUDA runners: the dtype the model runs in
+    cuda_graphs: bool = False  # PyTorch CUDA runners: replay each input shape as a CUDA graph
 
     def __post_init__(self) -> None:
         if self.threads < 0:

@@ -66,7 +66,11 @@ def _probe(device: str) -> Availability:
 
 
 def _factory(device: str) -> Any:
-    def make(model: nn.Module, options: RunnerOptions) -> TorchRunner:
+    def make(model: nn.Module, options: RunnerOptions) -> RunnerContext:
+        if device == "cuda":  # FP16, CUDA graphs and device timing live there
+            from quantpipe.engines.torch_cuda import TorchCudaRunner
+
+            return TorchCudaRunner(model, options.precision, options.cuda_graphs)
         return TorchRunner(model, device, options.threads)
 
     return make

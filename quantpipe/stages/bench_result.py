@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from quantpipe.artifacts import FP32
 from quantpipe.bench.timing import LatencyStats, Timing, TimingPlan
 from quantpipe.data.selection import DataInfo
 from quantpipe.engines.machine import CpuInfo, GpuInfo
@@ -32,7 +33,10 @@ class BatchTiming:
     def of(batch: int, timing: Timing) -> BatchTiming:
         per_s = timing.iterations / timing.total_s
         stats = LatencyStats.of(timing.latency)
-        return BatchTiming(batch, timing.iterations, timing.total_s, stats, per_s, batch * per_s)
+        device = LatencyStats.of(timing.device) if timing.device else None
+        return BatchTiming(
+            batch, timing.iterations, timing.total_s, stats, per_s, batch * per_s, device
+        )
 
     def against(self, fp32: BatchTiming) -> BatchTiming:
         """This timing with its speed-up over the FP32 engine's at the same batch."""
@@ -98,3 +102,25 @@ class BenchResult(JsonResult):
             f"{1 / t.speedup_vs_fp32:.2f}" if t and t.speedup_vs_fp32 else "-" for t in timings
         ]
         return [e.name, e.accuracy.short(), f"{e.bytes / 1024:.0f} KiB", *p50, *speed]
+
+
+def with_ratios(benches: list[EngineBench]) -> list[EngineBench]:
+    """Speed-up and compression against the FP32 engine of the run's FP32 model on the same
+    backend: what every other engine (BTC-decoded, FP16, INT8, a baseline) replaces. The
+    PyTorch GPU variants are compared with PyTorch FP32 eager."""
+    out = []
+    for e in benches:
+        ref = _fp32_of(benches, e)
+        if ref is None:
+            out.append(e)
+            continue
+        batches = [t.against(r) if (r := ref.at(t.batch)) else t for t in e.batches]
+        ratio = ref.bytes / e.bytes
+        out.append(dataclasses.replace(e, batches=batches, compression_vs_fp32=ratio))
+    return out
+
+
+def _fp32_of(benches: list[EngineBench], e: EngineBench) -> EngineBench | None:
+    kind = "pytorch" if e.kind == "pytorch" else "engine"
+    same = (b for b in benches if b.kind == kind and b.backend == e.backend)
+    return next((b for b in same if b.model == FP32 and b.precision == "fp32"), None)
