@@ -27,6 +27,7 @@ from quantpipe.artifacts import (
     onnx_label,
 )
 from quantpipe.engines.backend import Backend, BatchProfile, BuildJob
+from quantpipe.engines.fp16 import Fp16Check
 from quantpipe.engines.machine import cpu_info, gpu_info
 from quantpipe.engines.metadata import EngineMeta, meta_path, onnx_io
 from quantpipe.engines.registry import all_backends, get_backend
@@ -89,7 +90,7 @@ class NotBuilt:
 class EnginesResult(JsonResult):
     engines: list[BuiltEngine]
     not_built: list[NotBuilt]
-    fp16_checks: dict[str, Any] = field(default_factory=dict)  # model label -> Fp16Check
+    fp16_checks: dict[str, Fp16Check] = field(default_factory=dict)  # by model label
 
     def lines(self) -> list[str]:
         lines = [
@@ -100,8 +101,8 @@ class EnginesResult(JsonResult):
         for label, c in self.fp16_checks.items():
             lines.append(
                 f"FP16 {label} vs FP32 in ONNX Runtime: top-1 agreement "
-                f"{c['top1_agreement']:.2f} %, max relative difference {c['max_rel_diff']:.2e} "
-                f"({c['samples']:,} samples)"
+                f"{c.top1_agreement:.2f} %, max relative difference {c.max_rel_diff:.2e} "
+                f"({c.samples:,} samples)"
             )
         lines += [f"not built: {n.what}: {n.reason}" for n in self.not_built]
         return lines
@@ -143,7 +144,7 @@ class EnginesStage:
     def run(self, ctx: StageContext) -> EnginesResult:
         backends, not_built = self._backends()
         built: list[BuiltEngine] = []
-        checks: dict[str, Any] = {}
+        checks: dict[str, Fp16Check] = {}
         for source in _float_models(ctx.run):
             fp16 = self._fp16(ctx, source, checks)
             for backend in backends:
@@ -184,21 +185,18 @@ class EnginesStage:
             notes.append(NotBuilt(what, f"no {int8.name} in the run: run `quantpipe ptq` first"))
         return files
 
-    def _fp16(self, ctx: StageContext, source: Path, checks: dict[str, Any]) -> Path | None:
+    def _fp16(self, ctx: StageContext, source: Path, checks: dict[str, Fp16Check]) -> Path | None:
         """The FP16 ONNX of the FP32 model (a run artifact), checked against FP32; None
         when FP16 is not wanted or `source` is not the FP32 model."""
         if "fp16" not in self.config.precisions or onnx_label(source) != FP32:
             return None
-        import dataclasses
-
         import onnx
 
         from quantpipe.engines.fp16 import check_fp16, to_fp16
 
         out = ctx.output(fp16_file(source))
-        onnx.save(to_fp16(onnx.load(str(source))), str(out))
-        check = check_fp16(source, out, _check_batches(source, self.data), ctx.threads)
-        checks[FP32] = dataclasses.asdict(check)
+        onnx.save(to_fp16(onnx.load(str(source)), source=source), str(out))
+        checks[FP32] = check_fp16(source, out, _check_batches(source, self.data), ctx.threads)
         return out
 
     def _build(
