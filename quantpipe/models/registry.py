@@ -22,6 +22,7 @@ from quantpipe.models.spec import (
 )
 from quantpipe.models.user_model import is_user_model_ref, user_model_spec
 
+RANDOM_INIT_SEED = 0
 FMNIST_PREPROCESSING = Preprocessing(channels=1, size=(28, 28), mean=(0.2860,), std=(0.3530,))
 # sklearn's digits are 8×8 with values 0..16; scaled to [0, 1] by the loader.
 DIGITS_PREPROCESSING = Preprocessing(channels=1, size=(8, 8), mean=(0.3,), std=(0.4,))
@@ -124,10 +125,16 @@ def build_model(spec: ModelSpec, weights: str | None) -> nn.Module:
     """Build `spec` in eval mode, loading `weights` when given; required weights are enforced."""
     if weights is None and spec.weights == "required":
         raise ModelError(f"model {spec.name} needs trained weights: pass --weights FILE")
-    model = spec.build()
     if weights is not None:
+        model = spec.build()
         load_weights(model, weights, spec.name)
-    return model.eval()
+        return model.eval()
+    # Without weights every stage must see the same random model (export's ONNX and btc's
+    # or eval's PyTorch model were different draws before): a fixed seed, with the global
+    # random state left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return spec.build().eval()
 
 
 @dataclass(frozen=True)

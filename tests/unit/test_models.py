@@ -121,3 +121,14 @@ def test_input_shape_parsing() -> None:
     assert parse_input_shape("3,32,32") == (3, 32, 32)
     with pytest.raises(ModelError, match="not C,H,W"):
         parse_input_shape("3,32")
+
+
+def test_a_model_without_weights_is_the_same_random_model_in_every_stage() -> None:
+    """export, btc and eval each build it: they must build the same one."""
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = build_model(MODELS["digits-mlp"], None).state_dict()
+    second = build_model(MODELS["digits-mlp"], None).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert torch.equal(torch.rand(1), before)  # the caller's random stream is untouched
