@@ -28,6 +28,7 @@ COMMANDS = {
     "ptq": "quantpipe.cli.stage_commands:cmd_ptq",
     "engines": "quantpipe.cli.stage_commands:cmd_engines",
     "bench": "quantpipe.cli.stage_commands:cmd_bench",
+    "report": "quantpipe.cli.stage_commands:cmd_report",
     "compare": "quantpipe.cli.compare_command:cmd_compare",
     "inspect": "quantpipe.cli.inspect_command:cmd_inspect",
     "run": "quantpipe.cli.run_command:cmd_run",

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _btc_parser(sub)
     _ptq_parsers(sub)
     _engine_parsers(sub)
+    _report_parser(sub)
     inspect = sub.add_parser(
         "inspect", help="what an engine, ONNX model or BTC container holds, and its checks"
     )
@@ -227,3 +228,15 @@ def _engine_parsers(sub: argparse._SubParsersAction) -> None:
     )
     _add_reference_option(bench)
     _add_run_options(bench)
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="report/report.md and figures: every engine of the bench")
+    p.add_argument(
+        "--batch-sizes",
+        type=_csv(int),
+        default=(),
+        help="batch sizes whose latency the table shows (default: the bench's smallest and "
+        "largest)",
+    )
+    _add_run_options(p)

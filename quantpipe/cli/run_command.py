@@ -21,6 +21,7 @@ from quantpipe.stages.engines import EnginesStage
 from quantpipe.stages.evaluate import EvalConfig, EvalStage
 from quantpipe.stages.export import ExportStage
 from quantpipe.stages.ptq import PtqStage
+from quantpipe.stages.report import ReportStage
 from quantpipe.stages.train import TrainStage
 
 
@@ -63,6 +64,8 @@ def planned_stages(run: RunDir, cfg: RunConfig) -> Iterator[Stage[Any]]:
         yield EnginesStage(data, cfg.engines)
     if "bench" in cfg.stages:
         yield BenchStage(data, cfg.bench, model=model)
+    if "report" in cfg.stages:
+        yield ReportStage(cfg.report)
 
 
 def _float_models(run: RunDir, cfg: RunConfig) -> list[Path]:

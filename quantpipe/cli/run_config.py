@@ -17,9 +17,10 @@ from quantpipe.stages.btc_modes import BTC_MODES, mode_from_flags
 from quantpipe.stages.engines import EnginesConfig
 from quantpipe.stages.export import ExportConfig
 from quantpipe.stages.ptq import PtqConfig
+from quantpipe.stages.report import ReportConfig
 from quantpipe.stages.training import TrainConfig
 
-STAGES = ("train", "export", "btc", "ptq", "eval", "engines", "bench")
+STAGES = ("train", "export", "btc", "ptq", "eval", "engines", "bench", "report")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class RunConfig:
     eval: EvalPlan = field(default_factory=EvalPlan)
     engines: EnginesConfig = field(default_factory=EnginesConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -92,6 +94,7 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
         eval=_section(EvalPlan, _tuples(doc.get("eval", {})), where, "[eval]"),
         engines=_section(EnginesConfig, _tuples(doc.get("engines", {})), where, "[engines]"),
         bench=_section(BenchConfig, _tuples(doc.get("bench", {})), where, "[bench]"),
+        report=_section(ReportConfig, _tuples(doc.get("report", {})), where, "[report]"),
     )
 
 

@@ -124,6 +124,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from quantpipe.artifacts import REPORT_MD
+    from quantpipe.stages.report import ReportConfig, ReportStage
+
+    cfg = ReportConfig(args.batch_sizes)
+    with open_run(args, "run") as run:
+        _run(run, ReportStage(cfg), args)
+        print(run.artifact(REPORT_MD))
+    return 0
+
+
 def open_run(args: argparse.Namespace, name_hint: str) -> RunDir:
     if args.run_dir:
         return RunDir.open(args.run_dir)

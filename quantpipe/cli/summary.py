@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from quantpipe.artifacts import BENCH_JSON, FP32, deliverable
+from quantpipe.artifacts import BENCH_JSON, FP32, REPORT_MD, deliverable
 from quantpipe.cli.run_config import RunConfig
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageOutcome
@@ -49,6 +49,8 @@ def print_summary(run: RunDir, cfg: RunConfig, outcomes: list[StageOutcome[Any]]
         if isinstance(outcome.result, BenchResult):
             print(f"\nEngines of run {run.path}, benchmarked ({run.path / BENCH_JSON}):")
             print(outcome.result.table())
+    if (run.path / REPORT_MD).is_file():
+        print(f"\nReport: {run.path / REPORT_MD}")
 
 
 def _bits_per_artifact(outcomes: list[StageOutcome[Any]]) -> dict[str, str]:

@@ -92,10 +92,11 @@ def _stage_classes() -> list[type]:
     from quantpipe.stages.evaluate import EvalStage
     from quantpipe.stages.export import ExportStage
     from quantpipe.stages.ptq import PtqStage
+    from quantpipe.stages.report import ReportStage
     from quantpipe.stages.train import TrainStage
 
     stages = [TrainStage, ExportStage, EvalStage, BtcStage, CalibrateStage, PtqStage]
-    return [*stages, EnginesStage, BenchStage]
+    return [*stages, EnginesStage, BenchStage, ReportStage]
 
 
 @pytest.mark.parametrize("stage", _stage_classes(), ids=lambda s: s.kind)

@@ -159,7 +159,7 @@ def test_the_profile_spans_the_batch_axis_of_every_input() -> None:
 
 
 def test_the_polygraphy_profile_holds_those_shapes() -> None:
-    pytest.importorskip("polygraphy", reason="polygraphy is not installed (a dependency of quantpipe)")
+    pytest.importorskip("polygraphy", reason="polygraphy is not installed")
     profile = polygraphy_profile(profile_shapes({"x": [C_IN, 8, 8]}, PROFILE))
     assert list(profile) == ["x"]
     assert tuple(profile["x"]) == ((1, C_IN, 8, 8), (8, C_IN, 8, 8), (16, C_IN, 8, 8))
