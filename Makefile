@@ -17,7 +17,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq bench bench-btc bench-ptq models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq engines bench-run report bench bench-btc bench-ptq bench-engines models datasets backends clean
 
 setup: $(STAMP)
 
@@ -63,8 +63,18 @@ calibrate: setup
 ptq: setup
 	$(QP) ptq $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
 
+engines: setup
+	$(QP) engines $(if $(RUN),--run $(RUN)) $(if $(DATA),--data $(DATA)) $(EXTRA)
+
+# The bench stage of a run (make bench runs the benchmark scripts below).
+bench-run: setup
+	$(QP) bench $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
+
+report: setup
+	$(QP) report $(if $(RUN),--run $(RUN)) $(EXTRA)
+
 # Benchmarks print a table and write JSON to bench-results/ (never run by make test).
-bench: bench-btc bench-ptq
+bench: bench-btc bench-ptq bench-engines
 
 bench-btc: setup
 	mkdir -p bench-results
@@ -73,6 +83,11 @@ bench-btc: setup
 bench-ptq: setup
 	mkdir -p bench-results
 	$(BIN)/python tests/bench/bench_ptq.py --out bench-results/bench-ptq.json
+
+bench-engines: setup
+	mkdir -p bench-results
+	$(BIN)/python tests/bench/bench_engines.py --workdir $(RUNS_DIR)/bench-engines \
+		--out bench-results/bench-engines.json
 
 models datasets backends: setup
 	$(QP) $@

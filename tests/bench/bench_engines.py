@@ -6,9 +6,9 @@ Random weights (no ImageNet data here) and synthetic images (smooth random field
 noise, as in bench_ptq.py) saved as an .npz without labels, so every accuracy is top-1
 agreement with the FP32 model. Steps: export, btc (the paper's σ rule), ptq (auto), engines
 (FP32, FP16, INT8 for every backend that builds here), bench with ONNX Runtime's
-quantize_static baselines, report. The JSON holds bench.json's content plus the ratios the
-engines issue asks for: INT8 ÷ FP32 latency at batch 1 and 32, INT8 ÷ the best baseline,
-BTC ÷ FP32, FP16 ÷ FP32. Not a pytest test.
+quantize_static baselines, report (report/report.md and its plots in the run). The JSON
+holds bench.json's content plus the ratios the engines issue asks for: INT8 ÷ FP32 latency
+at batch 1 and 32, INT8 ÷ the best baseline, BTC ÷ FP32, FP16 ÷ FP32. Not a pytest test.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def run_pipeline(workdir: Path, count: int, duration: float, threads: int) -> Pa
         ["ptq", *data, "--calib-count", "256", "--eval-count", "128"],
         ["engines", *data],
         ["bench", *data, "--ort-baselines", "--count", "128", "--duration", str(duration)],
+        ["report"],
     ]
     for argv in steps:
         code = quantpipe([argv[0], *argv[1:], *common])
