@@ -160,12 +160,13 @@ def ms_text(ms: float) -> str:
     return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
 
 
-def timing_method(plan: TimingPlan) -> list[str]:
+def timing_method(plan: TimingPlan, rounds: int) -> list[str]:
     """How the latencies and throughputs were measured (trtexec's definitions)."""
     return [
         f"- Timing (trtexec's method): per engine and batch size, {plan.warmup_s:g} s of "
         f"warm-up, then inferences until both {plan.min_seconds:g} s and "
-        f"{plan.min_iterations} iterations are reached.",
+        f"{plan.min_iterations} iterations are reached, in {rounds} rounds in which the "
+        "engines take turns (so that a shared machine's drift hits all alike).",
         "- Latency is the host wall time of one inference of the whole batch, input and output "
         "copies included; p50 and p99 are its median and 99th percentile.",
         "- Throughput is samples (queries × batch size) ÷ the total host wall time of the timed "
@@ -174,19 +175,6 @@ def timing_method(plan: TimingPlan) -> list[str]:
         "and batch size (PyTorch's variants: PyTorch FP32 eager's); `vs FP32 size` is the "
         "same FP32 engine's bytes ÷ the shipped file's.",
     ]
-
-
-def untimed_lines(rows: Sequence[Row], timed: Sequence[int]) -> list[str]:
-    """One line per engine that lacks a batch size the bench timed (outside its profile)."""
-    lines = []
-    for r in rows:
-        missing = [b for b in timed if b not in r.batches]
-        if missing:
-            sizes = ", ".join(map(str, missing))
-            lines.append(
-                f"- {r.shipped} ({r.variant}): batch {sizes} not timed (outside its profile)"
-            )
-    return lines or ["Every engine was timed at every batch size of the bench."]
 
 
 def note_lines(rows: Sequence[Row]) -> list[str]:

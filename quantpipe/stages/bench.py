@@ -119,6 +119,7 @@ class BenchStage:
             list(self.config.batch_sizes),
             test.info(),
             with_ratios(benches),
+            self.config.rounds,
         )
         ctx.output(BENCH_JSON).write_text(json.dumps(result.to_json(), indent=2) + "\n")
         return result

@@ -83,6 +83,7 @@ class BenchResult(JsonResult):
     batch_sizes: list[int]
     data: DataInfo
     engines: list[EngineBench]
+    rounds: int = 1  # the engines took turns this many times per batch size
 
     def lines(self) -> list[str]:
         return [f"{len(self.engines)} engines timed on {self.machine.describe()}"]

@@ -252,10 +252,8 @@ def _method(src: _Sources) -> list[str]:
     return [
         "## How it was timed",
         "",
-        *tables.timing_method(src.bench.plan),
+        *tables.timing_method(src.bench.plan, src.bench.rounds),
         *([device] if timed_on_device else []),
-        "",
-        *tables.untimed_lines(src.rows, src.bench.batch_sizes),
         "",
     ]
 

@@ -115,7 +115,7 @@ def test_the_report_names_model_machine_data_and_method(run_dir: Path) -> None:
     count = bench.data.count
     assert f"digits (built-in), split test, {count:,} samples" in text
     assert f"{bench.plan.warmup_s:g} s of warm-up" in text and "copies included" in text
-    assert "Every engine was timed at every batch size" in text
+    assert f"in {bench.rounds} rounds in which the engines take turns" in text
     for name in ("ptq", "ptq.btc"):
         result = PtqResult.from_json(_record(run_dir, name)["results"])
         assert f"(record `{name}`)" in text
