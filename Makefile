@@ -17,7 +17,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq engines bench-run report bench bench-btc bench-ptq bench-engines models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat engines bench-run report bench bench-btc bench-ptq bench-engines models datasets backends clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,10 @@ calibrate: setup
 
 ptq: setup
 	$(QP) ptq $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
+
+# QAT on one process; data-parallel: torchrun --nproc_per_node=N -m quantpipe qat ... (README)
+qat: setup
+	$(QP) qat $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
 
 engines: setup
 	$(QP) engines $(if $(RUN),--run $(RUN)) $(if $(DATA),--data $(DATA)) $(EXTRA)

@@ -18,6 +18,7 @@ BTC_REPORT_MD = "btc/report.md"
 BTC_HISTOGRAM_PNG = "btc/weights_histogram.png"
 BTC_BLOCK_SIZE_PNG = "btc/accuracy_vs_block_size.png"
 CALIB_DIR = "calib"
+QAT_DIR = "qat"  # per-epoch checkpoints, so that an interrupted QAT resumes
 ENGINES_DIR = "engines"
 BENCH_JSON = "bench/bench.json"
 REPORT_MD = "report/report.md"
@@ -54,6 +55,18 @@ def int8_label(source_label: str, build: str) -> str:
     if build not in INT8_BUILDS:
         raise ValueError(f"unknown INT8 build {build!r}")
     return f"int8.{build}" if source_label == FP32 else f"{source_label}.int8.{build}"
+
+
+def qat_label(source_label: str, build: str) -> str:
+    """`fp32` → `qat.qdq`; `btc` → `btc.qat.qdq`: the QAT model of a float model."""
+    if build not in INT8_BUILDS:
+        raise ValueError(f"unknown INT8 build {build!r}")
+    return f"qat.{build}" if source_label == FP32 else f"{source_label}.qat.{build}"
+
+
+def qat_file(source: Path, build: str = "qdq") -> str:
+    """The QAT model `qat` writes for the float ONNX model at `source`."""
+    return onnx_file(qat_label(onnx_label(source), build))
 
 
 def int8_file(source: Path, build: str = "qdq") -> str:

@@ -26,6 +26,7 @@ COMMANDS = {
     "btc": "quantpipe.cli.stage_commands:cmd_btc",
     "calibrate": "quantpipe.cli.stage_commands:cmd_calibrate",
     "ptq": "quantpipe.cli.stage_commands:cmd_ptq",
+    "qat": "quantpipe.cli.qat_command:cmd_qat",
     "engines": "quantpipe.cli.stage_commands:cmd_engines",
     "bench": "quantpipe.cli.stage_commands:cmd_bench",
     "report": "quantpipe.cli.stage_commands:cmd_report",

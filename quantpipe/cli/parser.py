@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _btc_parser(sub)
     _ptq_parsers(sub)
+    _qat_parser(sub)
     _engine_parsers(sub)
     _report_parser(sub)
     inspect = sub.add_parser(
@@ -239,4 +240,31 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
         help="batch sizes whose latency the table shows (default: the bench's smallest and "
         "largest)",
     )
+    _add_run_options(p)
+
+
+def _qat_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "qat", help="quantization-aware fine-tuning from ptq's result (torchrun: data-parallel)"
+    )
+    p.add_argument("--onnx", help="the float model ptq quantized (default: model.fp32.onnx)")
+    _add_data_options(p, required=True)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, help="default 0.001 (classifiers), 1e-4 (segmentation)")
+    p.add_argument("--optimizer", default="sgd", help="sgd (default, momentum 0.9) or adam")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--schedule", default="plateau", help="plateau (default), cosine, constant")
+    p.add_argument("--batch-size", type=int, default=128, help="the global batch (all ranks)")
+    p.add_argument("--train-count", type=int, help="only the first N samples of train")
+    p.add_argument("--eval-count", type=int, help="only the first N samples of val/test")
+    p.add_argument(
+        "--fixed-ranges",
+        action="store_true",
+        help="keep ptq's activation ranges (default: learn them, LSQ)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last epoch's checkpoint"
+    )
+    _add_reference_option(p)
     _add_run_options(p)

@@ -139,15 +139,7 @@ class StageOutcome(Generic[R]):
 def run_stage(run: RunDir, stage: Stage[R], options: RunOptions | None = None) -> StageOutcome[R]:
     """Run `stage` unless the manifest shows it done with the same inputs and parameters."""
     options = options or RunOptions()
-    inputs = stage.inputs(run)
-    missing = [f"{role} {p}" for role, p in inputs.items() if not p.exists()]
-    if missing:
-        raise QuantpipeError(
-            f"stage {stage.name}: input not found: {', '.join(missing)}; pass an existing file "
-            "or run the stage that writes it first"
-        )
-    input_records = [FileRecord(str(p), fingerprint_path(p)) for p in inputs.values()]
-    params = stage.params()
+    input_records, params = _fingerprint(run, stage)
     previous = run.manifest.stages.get(stage.name)
     if not options.force and previous and _up_to_date(run, previous, input_records, params):
         return StageOutcome(previous, stage.result_type.from_json(previous.results), True)
@@ -171,6 +163,28 @@ def run_stage(run: RunDir, stage: Stage[R], options: RunOptions | None = None) -
     )
     run.manifest.record(record)
     return StageOutcome(record, result, skipped=False)
+
+
+def will_run(run: RunDir, stage: Stage[Any], options: RunOptions) -> bool:
+    """Whether `run_stage` would run `stage` now (for processes that must know beforehand,
+    like data-parallel QAT's other ranks)."""
+    input_records, params = _fingerprint(run, stage)
+    previous = run.manifest.stages.get(stage.name)
+    return (
+        options.force or previous is None or not _up_to_date(run, previous, input_records, params)
+    )
+
+
+def _fingerprint(run: RunDir, stage: Stage[Any]) -> tuple[list[FileRecord], dict[str, Any]]:
+    """The stage's input records (checked to exist) and parameters."""
+    inputs = stage.inputs(run)
+    missing = [f"{role} {p}" for role, p in inputs.items() if not p.exists()]
+    if missing:
+        raise QuantpipeError(
+            f"stage {stage.name}: input not found: {', '.join(missing)}; pass an existing file "
+            "or run the stage that writes it first"
+        )
+    return [FileRecord(str(p), fingerprint_path(p)) for p in inputs.values()], stage.params()
 
 
 def _up_to_date(

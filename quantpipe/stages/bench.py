@@ -87,7 +87,7 @@ class BenchStage:
             files["fp32"] = run.artifact(FP32_ONNX)
         if self._torch_cuda() and self.model is not None:
             files |= self.model.inputs(self.model.resolve_weights(run))
-        return {**files, **self.data.inputs(), **self.labels.inputs(run, self.data)}
+        return {**files, **self.data.inputs(), **self.labels.inputs(run.path, self.data)}
 
     def params(self) -> dict[str, Any]:
         gpu = gpu_info()
@@ -110,7 +110,7 @@ class BenchStage:
         contract = require_contract(_contract_source(ctx.run))
         dataset = self.data.open()
         test = select(dataset, self.config.split, contract.preprocessing, self.data.seed)
-        test = self.labels.label(test.head(self.config.count or len(test)), ctx.run, threads)
+        test = self.labels.label(test.head(self.config.count or len(test)), ctx.run.path, threads)
         entries += self._extra_entries(ctx, dataset, contract, options)
         benches = self._measure(entries, test, contract, ctx)
         result = BenchResult(

@@ -95,7 +95,7 @@ class BtcStage:
         return {
             **self.model.inputs(weights),
             **self.data.inputs(),
-            **self.labels.inputs(run, self.data),
+            **self.labels.inputs(run.path, self.data),
         }
 
     def params(self) -> dict[str, Any]:

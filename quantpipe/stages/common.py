@@ -124,12 +124,12 @@ class LabelSource:
 
     given: str | None = None
 
-    def path(self, run: RunDir) -> Path:
-        return Path(self.given) if self.given else run.artifact(FP32_ONNX)
+    def path(self, run_path: Path) -> Path:
+        return Path(self.given) if self.given else run_path / FP32_ONNX
 
-    def inputs(self, run: RunDir, data: DataRef) -> dict[str, Path]:
+    def inputs(self, run_path: Path, data: DataRef) -> dict[str, Path]:
         """The reference is an input wherever it may be used (so a new one reruns the stage)."""
-        path = self.path(run)
+        path = self.path(run_path)
         if self.given is not None and not path.is_file():
             raise QuantpipeError(
                 f"reference model not found: {path} (from --reference); pass the FP32 ONNX "
@@ -141,7 +141,7 @@ class LabelSource:
     def label(
         self,
         selection: Selection,
-        run: RunDir,
+        run_path: Path,
         threads: int,
         fallback: tuple[Callable[[], RunnerContext], str] | None = None,
     ) -> Selection:
@@ -153,7 +153,7 @@ class LabelSource:
         """
         if selection.labels is not None:
             return selection
-        path = self.path(run)
+        path = self.path(run_path)
         if path.is_file() or fallback is None:
             self._check(path)
             return ensure_labels(selection, lambda: _onnx_runner(path, threads), _named(path))
@@ -171,7 +171,9 @@ class LabelSource:
         """The `val` split (selection) and the `test` split (report), first `count` samples
         of each, with labels (see `label`)."""
         val, test = (
-            self.label(select(dataset, s, pre, data.seed, count), ctx.run, ctx.threads, fallback)
+            self.label(
+                select(dataset, s, pre, data.seed, count), ctx.run.path, ctx.threads, fallback
+            )
             for s in ("val", "test")
         )
         return val, test

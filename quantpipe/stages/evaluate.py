@@ -102,7 +102,7 @@ class EvalStage:
         return ModelContract.of_spec(self.model.spec)
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
-        inputs = {**self.data.inputs(), **self.labels.inputs(run, self.data)}
+        inputs = {**self.data.inputs(), **self.labels.inputs(run.path, self.data)}
         if self.backend.runs == "torch" and self.model is not None:
             inputs |= self.model.inputs(self.model.resolve_weights(run))
         if self.backend.runs == "onnx" and self.onnx is not None:
@@ -125,7 +125,7 @@ class EvalStage:
         selection = select(
             self.data.open(), cfg.split, contract.preprocessing, self.data.seed, cfg.count
         )
-        selection = self.labels.label(selection, ctx.run, ctx.threads)
+        selection = self.labels.label(selection, ctx.run.path, ctx.threads)
         setup = EvalSetup(contract.task, contract.num_classes, cfg.batch_size, ctx.progress)
         with self._runner(ctx) as runner:
             score = evaluate(runner, selection, setup)

@@ -69,7 +69,11 @@ class PtqStage:
         return record_name(self.kind, self.onnx)
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
-        inputs = {**self.data.inputs(), **self.labels.inputs(run, self.data), "onnx": self.onnx}
+        inputs = {
+            **self.data.inputs(),
+            **self.labels.inputs(run.path, self.data),
+            "onnx": self.onnx,
+        }
         if self.config.calib_cache:
             inputs["calib_cache"] = Path(self.config.calib_cache)
         return inputs
@@ -91,7 +95,7 @@ class PtqStage:
             splits = (val, test)
             scored = scoring.score_all(quantizer, tables, Path(tmp), splits, contract, ctx.threads)
             best = min(scored, key=lambda k: scored[k].val_kl)
-            result = quantizer.quantize(tables[best])
+            result = quantizer.quantize(tables[best].amax, tables[best].calibrator)
         out = ctx.output(int8_file(self.onnx))
         result.save(out)
         ort_out = ctx.output(int8_file(self.onnx, "ort"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +42,9 @@ class Quantizer:
         self.source = load_onnx(source)
         self.config = config
 
-    def quantize(self, table: CalibrationTable) -> Quantized:
-        result = quantize_qdq(self.source, table.amax, self.config)
-        how = {"quantpipe.precision": "int8-qdq", "quantpipe.calibrator": table.calibrator}
+    def quantize(self, amax: Mapping[str, float], calibrator: str) -> Quantized:
+        result = quantize_qdq(self.source, amax, self.config)
+        how = {"quantpipe.precision": "int8-qdq", "quantpipe.calibrator": calibrator}
         replace_metadata(result.model, read_metadata(self.source) | how)
         return Quantized(result.model, result.float_nodes)
 
@@ -66,7 +67,7 @@ def score_all(
     val, test = splits
     for name, table in tables.items():
         path = tmp / f"{name}.onnx"
-        quantizer.quantize(table).save(path)
+        quantizer.quantize(table.amax, table.calibrator).save(path)
         with (
             OnnxRuntimeRunner(quantizer.path, exact) as ref,
             OnnxRuntimeRunner(path, exact) as cand,

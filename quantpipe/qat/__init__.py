@@ -1,0 +1,1 @@
+"""Quantization-aware training on the exported graph: fake quantization, training, DDP."""

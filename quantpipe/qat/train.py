@@ -1,0 +1,254 @@
+"""The QAT training loop: fake-quantized forward, straight-through backward, a checkpoint
+per epoch, data-parallel under torchrun.
+
+Defaults: SGD (momentum 0.9) reduced on a plateau of the val accuracy, as in the thesis the
+stage reproduces, but at learning rate 0.001 rather than its 0.01 (1e-4 for segmentation,
+as there): on fmnist-cnn, fine-tuned from a PTQ that lost 6.05 points, 0.01 reached 90.06 %
+val after 2 epochs and 0.001 90.78 % (FP32 91.84 %).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from quantpipe.data.selection import Selection
+from quantpipe.engines.torch_runner import TorchRunner
+from quantpipe.errors import QuantpipeError
+from quantpipe.evaluate.evaluate import EvalSetup, evaluate
+from quantpipe.evaluate.metrics import IGNORE_INDEX
+from quantpipe.pipeline.atomic import atomic_path
+from quantpipe.progress import track
+from quantpipe.qat.distributed import World
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("plateau", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class QatTraining:
+    """How to fine-tune. lr None: 0.001 for classifiers, 1e-4 for segmentation."""
+
+    epochs: int = 5
+    lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "plateau"
+    batch_size: int = 128
+    train_count: int | None = None
+    learn_ranges: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise QuantpipeError(
+                f"--epochs and --batch-size must be at least 1, got {self.epochs}, "
+                f"{self.batch_size}"
+            )
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise QuantpipeError(f"--lr must be in (0, 1), got {self.lr}")
+        if self.optimizer not in OPTIMIZERS or self.schedule not in SCHEDULES:
+            raise QuantpipeError(
+                f"--optimizer {self.optimizer!r} / --schedule {self.schedule!r}: use one of "
+                f"{', '.join(OPTIMIZERS)} / {', '.join(SCHEDULES)}"
+            )
+
+    def learning_rate(self, task: str) -> float:
+        return self.lr if self.lr is not None else (1e-4 if task == "segmentation" else 1e-3)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    loss: float
+    val: float  # headline metric on val, fake-quantized
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    """Everything an interrupted run needs to continue exactly."""
+
+    epoch: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(
+        self, module: torch.nn.Module, cfg: QatTraining, task: str, classes: int, world: World
+    ) -> None:
+        self.module, self.cfg, self.task, self.classes, self.world = (
+            module,
+            cfg,
+            task,
+            classes,
+            world,
+        )
+        self.model: torch.nn.Module = _parallel(module, world)
+        lr = cfg.learning_rate(task)
+        params = _param_groups(module, lr)
+        self.opt: torch.optim.Optimizer = (
+            torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            if cfg.optimizer == "sgd"
+            else torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        )
+        self.sched = _scheduler(self.opt, cfg)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def fit(
+        self, train: Selection, val: Selection, state: TrainState, save: Any, progress: bool
+    ) -> TrainState:
+        """Train from `state.epoch` to the configured epochs; `save(self, state)` after each."""
+        x, y = _arrays(train)
+        batch = self.cfg.batch_size
+        if batch % self.world.size:
+            raise QuantpipeError(
+                f"--batch-size {batch} does not split evenly over {self.world.size} processes: "
+                "use a multiple of the number of processes"
+            )
+        steps = len(x) // batch
+        if steps < 1:
+            raise QuantpipeError(f"{len(x)} training samples are fewer than one batch of {batch}")
+        for epoch in range(state.epoch, self.cfg.epochs):
+            start = time.perf_counter()
+            loss = self._epoch(x, y, steps, f"qat epoch {epoch + 1}/{self.cfg.epochs}", progress)
+            score = self.validate(val)
+            if self.cfg.schedule == "plateau":
+                self.sched.step(score)
+            elif self.cfg.schedule == "cosine":
+                self.sched.step()
+            lr = self.opt.param_groups[0]["lr"]
+            state.history.append(
+                EpochRecord(epoch + 1, loss, score, lr, time.perf_counter() - start)
+            )
+            state.epoch = epoch + 1
+            save(self, state)
+        return state
+
+    def _epoch(
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, desc: str, progress: bool
+    ) -> float:
+        from quantpipe.qat.distributed import shard
+
+        batch = self.cfg.batch_size
+        perm = torch.randperm(len(x), generator=self.generator)
+        losses = []
+        self.model.train()
+        for i in track(range(steps), desc, progress and self.world.is_main, unit="step"):
+            idx = shard(perm[i * batch : (i + 1) * batch], self.world)
+            loss = F.cross_entropy(self.model(x[idx]), y[idx], ignore_index=IGNORE_INDEX)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            losses.append(float(loss.item()))
+        return self._global_mean(float(np.mean(losses)))
+
+    def _global_mean(self, value: float) -> float:
+        """Each rank's loss is over its share of the batch: report the mean over all ranks,
+        which is the single-process figure."""
+        if not self.world.distributed:
+            return value
+        import torch.distributed as dist
+
+        total = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(total)
+        return float(total.item()) / self.world.size
+
+    def validate(self, val: Selection) -> float:
+        """The headline metric on `val` with fake quantization (every rank computes it, so
+        every rank's learning-rate schedule steps alike)."""
+        with TorchRunner(self.module) as runner:
+            return evaluate(runner, val, EvalSetup(self.task, self.classes, progress=False)).value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+
+
+def save_checkpoint(path: Path, fingerprint: str, trainer: Trainer, state: TrainState) -> None:
+    """Written atomically after each epoch, by rank 0 only."""
+    if not trainer.world.is_main:
+        return
+    payload = {
+        "fingerprint": fingerprint,
+        "epoch": state.epoch,
+        "history": [asdict(h) for h in state.history],
+        "trainer": trainer.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, fingerprint: str, trainer: Trainer) -> TrainState:
+    """The state to resume from; a clear error when the checkpoint is not this run's."""
+    if not path.is_file():
+        raise QuantpipeError(f"--resume: no checkpoint at {path}; run qat without --resume")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign file: torch raises many types
+        raise QuantpipeError(f"--resume: {path} is not a readable QAT checkpoint ({e})") from None
+    if payload.get("fingerprint") != fingerprint:
+        raise QuantpipeError(
+            f"--resume: checkpoint {path} belongs to another model, calibration or QAT "
+            "configuration; run without --resume to start afresh (it will be replaced)"
+        )
+    trainer.load_state_dict(payload["trainer"])
+    history = [EpochRecord(**h) for h in payload["history"]]
+    return TrainState(int(payload["epoch"]), history)
+
+
+def _arrays(train: Selection) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = train.arrays()
+    if y is None:
+        raise QuantpipeError(f"split {train.split} has no labels to train on")
+    return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+def _parallel(module: torch.nn.Module, world: World) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun: it averages the gradients of all ranks."""
+    if not world.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module)
+
+
+# Over a few epochs of fine-tuning, ranges learned at the weights' pace barely move: on
+# fmnist-cnn the entropy calibrator clips the input at 0.81 where it reaches 2.02; with LSQ's
+# gradient scale and the same learning rate it moved to 0.86 in 2 epochs, without the scale
+# to 1.24, and 10× faster to 2.01 in 5 epochs (test drop 6.05 → 0.13 points).
+RANGE_LR_FACTOR = 10.0
+
+
+def _param_groups(module: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+    ranges = [p for n, p in module.named_parameters() if n.startswith("ranges.")]
+    weights = [p for n, p in module.named_parameters() if not n.startswith("ranges.")]
+    groups: list[dict[str, Any]] = [{"params": weights}]
+    if ranges:
+        groups.append({"params": ranges, "lr": lr * RANGE_LR_FACTOR, "weight_decay": 0.0})
+    return groups
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: QatTraining) -> Any:
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.1, patience=1)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
