@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import torch
 
+from quantpipe.quantize.bits import qmax
+
 Tensor = torch.Tensor
-
-
-def qmax(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
 
 
 def weight_scales(w: Tensor, axis: int | None, bits: int) -> Tensor:
@@ -35,7 +33,9 @@ def weight_scales(w: Tensor, axis: int | None, bits: int) -> Tensor:
     else:
         axis = axis % w.dim()
         amax = detached.abs().amax(dim=[d for d in range(w.dim()) if d != axis])
-    return torch.where(amax > 0, amax / qmax(bits), torch.ones_like(amax)).float()
+    scales = (amax / qmax(bits)).float()
+    # Zero, or underflowed to zero from a subnormal amax: scale 1, as the export does.
+    return torch.where(scales > 0, scales, torch.ones_like(scales))
 
 
 def fake_quant_weight(w: Tensor, axis: int | None, bits: int) -> Tensor:

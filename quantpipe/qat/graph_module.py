@@ -13,7 +13,7 @@ edge, and after training the Parameters are written back into the same initializ
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from quantpipe.errors import QuantpipeError
 from quantpipe.qat.fake_quant import fake_quant_activation, fake_quant_learned, fake_quant_weight
 from quantpipe.qat.ops import OPS
+from quantpipe.quantize.bits import INT8, BitWidths
 from quantpipe.quantize.graph import with_unique_node_names
 from quantpipe.quantize.placement import QDQPlan
 
@@ -35,8 +36,7 @@ class QuantSpec:
 
     plan: QDQPlan
     amax: Mapping[str, float]
-    activation_bits: int = 8
-    weight_bits: Mapping[str, int] = field(default_factory=dict)
+    bits: BitWidths = INT8
     learn_ranges: bool = False  # train the activation ranges too (LSQ)
 
 
@@ -76,6 +76,10 @@ class OnnxGraphModule(torch.nn.Module):
         assert out is not None
         return out
 
+    def parameter(self, initializer: str) -> torch.nn.Parameter:
+        """The trainable Parameter of a float initializer, by its ONNX name."""
+        return self.weights[_safe(initializer)]
+
     def float_weights(self) -> dict[str, np.ndarray]:
         """The trained float initializers, by their ONNX names."""
         return {_onnx_name(k): v.detach().cpu().numpy() for k, v in self.weights.items()}
@@ -94,9 +98,9 @@ class OnnxGraphModule(torch.nn.Module):
         if point is None or value is None or self.quant is None:
             return value
         kind, arg = point
-        bits = self.quant.activation_bits
+        bits = self.quant.bits.activations
         if kind == "weight":
-            return fake_quant_weight(value, arg, self.quant.weight_bits.get(node.name, 8))
+            return fake_quant_weight(value, arg, self.quant.bits.weight(node.name))
         if _safe(arg) in self.ranges:
             return fake_quant_learned(value, self.ranges[_safe(arg)], bits)
         return fake_quant_activation(value, float(self.quant.amax[arg]), bits)

@@ -3,6 +3,7 @@
 Symmetric INT8 everywhere (zero point 0, as TensorRT requires; weights use [-127, 127]),
 per-channel weights stored as INT8 initializers behind a DequantizeLinear, per-tensor
 activations from our calibrated amax, placement from `quantpipe.quantize.placement`.
+Mixed precision uses the same graph with narrower grids (quantpipe/quantize/bits.py).
 Biases stay float: TensorRT fuses them itself and rejects an INT32 DequantizeLinear, and
 ONNX Runtime (>= 1.21, BiasQuantization) turns a float bias into INT32 on load.
 
@@ -36,6 +37,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantpipe.errors import QuantpipeError
+from quantpipe.quantize.bits import INT8, BitWidths, qmax
 from quantpipe.quantize.graph import GraphIndex, drop_unused_initializers, with_unique_node_names
 from quantpipe.quantize.placement import (
     ActivationQuant,
@@ -46,7 +48,6 @@ from quantpipe.quantize.placement import (
     plan_qdq,
 )
 
-QMAX = 127
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 
 
@@ -63,7 +64,10 @@ class QDQResult:
 
 
 def quantize_qdq(
-    model: onnx.ModelProto, amax: Mapping[str, float], config: QDQConfig | None = None
+    model: onnx.ModelProto,
+    amax: Mapping[str, float],
+    config: QDQConfig | None = None,
+    bits: BitWidths = INT8,
 ) -> QDQResult:
     """Return a copy of ``model`` with Q/DQ pairs placed by `plan_qdq` and scaled by ``amax``.
 
@@ -71,6 +75,8 @@ def quantize_qdq(
         model: FP32 model (BatchNorm folded), opset >= 13.
         amax: calibrated amax per activation tensor; must cover ``plan.calibration_tensors``.
         config: placement options.
+        bits: weight widths per node and the activation width (quantpipe/quantize/bits.py);
+            below 8 bits the values lie on the narrower grid, still stored as INT8.
 
     Raises:
         QuantpipeError: opset too old, or an amax missing or invalid.
@@ -78,10 +84,12 @@ def quantize_qdq(
     _check_opset(model)
     model = with_unique_node_names(model)
     plan = plan_qdq(model, config)
-    return QDQResult(apply_plan(model, plan, amax), plan)
+    return QDQResult(apply_plan(model, plan, amax, bits), plan)
 
 
-def apply_plan(model: onnx.ModelProto, plan: QDQPlan, amax: Mapping[str, float]) -> onnx.ModelProto:
+def apply_plan(
+    model: onnx.ModelProto, plan: QDQPlan, amax: Mapping[str, float], bits: BitWidths = INT8
+) -> onnx.ModelProto:
     """Copy of ``model`` with the Q/DQ pairs of ``plan`` inserted."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -91,12 +99,14 @@ def apply_plan(model: onnx.ModelProto, plan: QDQPlan, amax: Mapping[str, float])
     after: dict[str, list[onnx.NodeProto]] = {}
     head: list[onnx.NodeProto] = []
     for act in plan.activations:
-        nodes = _activation_qdq(out, act, _scale_of(act, amax), names, rewires)
+        scale = _scale_of(act, amax, bits.activations)
+        nodes = _activation_qdq(out, act, scale, bits.activations, names, rewires)
         producer = index.producer.get(act.tensor)
         (after.setdefault(producer.name, []) if producer is not None else head).extend(nodes)
-    weight_nodes: dict[tuple[str, int | None], str] = {}
+    weight_nodes: dict[tuple[str, int | None, int], str] = {}
     for w in plan.weights:
-        head.extend(_weight_dq(out, index, w, names, rewires, weight_nodes))
+        width = bits.weight(w.node)
+        head.extend(_weight_dq(out, index, w, width, names, rewires, weight_nodes))
     _rebuild_nodes(out, head, after, rewires)
     drop_unused_initializers(out)  # the float weights now replaced by INT8 ones
     return out
@@ -110,39 +120,46 @@ def _check_opset(model: onnx.ModelProto) -> None:
         )
 
 
-def _scale_of(act: ActivationQuant, amax: Mapping[str, float]) -> np.float32:
+def _scale_of(act: ActivationQuant, amax: Mapping[str, float], bits: int) -> np.float32:
     if act.amax_from not in amax:
         raise QuantpipeError(
             f"no calibrated amax for tensor {act.amax_from!r}: the calibration table does not "
             "match this model or placement; recalibrate"
         )
-    return activation_scale(float(amax[act.amax_from]), act.amax_from)
+    return activation_scale(float(amax[act.amax_from]), act.amax_from, bits)
 
 
-def activation_scale(amax: float, name: str) -> np.float32:
-    """INT8 scale amax/127 as float32; a tensor that was always 0 gets scale 1/127."""
+def activation_scale(amax: float, name: str, bits: int = 8) -> np.float32:
+    """Scale amax/qmax (amax/127 at 8 bits) as float32; a tensor that was always 0 gets
+    scale 1/qmax."""
     if not np.isfinite(amax) or amax < 0:
         raise QuantpipeError(f"amax of tensor {name!r} is {amax!r}: must be finite and >= 0")
     # amax/127 in float64 then float32: for an amax imported from a TensorRT cache
     # (scale * 127) this gives back the cached float32 scale bit for bit.
-    return np.float32(amax / QMAX) if amax > 0 else np.float32(1.0 / QMAX)
+    limit = qmax(bits)
+    return np.float32(amax / limit) if amax > 0 else np.float32(1.0 / limit)
 
 
 def _activation_qdq(
     model: onnx.ModelProto,
     act: ActivationQuant,
     scale: np.float32,
+    bits: int,
     names: _NameSource,
     rewires: dict[tuple[str, int], str],
 ) -> list[onnx.NodeProto]:
-    """One Q -> DQ pair per use of the tensor, sharing scale and zero point.
+    """One Q -> DQ pair per use of the tensor, sharing scale and zero point; below 8 bits
+    one Clip to the grid's range before them (an INT8 Q would saturate only at ±127).
 
     Why not one pair for all uses: ONNX Runtime converts INT8 Q/DQ pairs to UINT8 for its
     x86 kernels only where a Q feeds a single DQ; a shared pair keeps the INT8 type and the
     Conv/Add behind it fall back to float (resnet18: 8 of 20 Conv ran in float).
     """
     base = names.new(act.tensor, len(act.uses))
-    nodes = []
+    nodes, source = [], act.tensor
+    if bits < 8:
+        nodes.append(_clip(model, act.tensor, base, scale, bits))
+        source = nodes[0].output[0]
     for k, use in enumerate(act.uses):
         tag = base if k == 0 else f"{base}_{k}"
         scale_name, zp_name = f"{tag}_scale", f"{tag}_zero_point"
@@ -155,7 +172,7 @@ def _activation_qdq(
         q_out, dq_out = f"{tag}_quantized", f"{tag}_dequantized"
         nodes.append(
             helper.make_node(
-                "QuantizeLinear", [act.tensor, scale_name, zp_name], [q_out], name=f"{tag}_Q"
+                "QuantizeLinear", [source, scale_name, zp_name], [q_out], name=f"{tag}_Q"
             )
         )
         nodes.append(
@@ -167,24 +184,49 @@ def _activation_qdq(
     return nodes
 
 
-def quantize_weight(value: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric INT8 quantization of a weight, per channel along ``axis`` (None: per tensor).
+def _clip(
+    model: onnx.ModelProto, tensor: str, base: str, scale: np.float32, bits: int
+) -> onnx.NodeProto:
+    """Clip `tensor` to ±qmax(bits) · scale, the range an A-bit code can hold."""
+    bound = np.float32(qmax(bits) * scale)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(-bound, dtype=np.float32), f"{base}_clip_min"),
+            numpy_helper.from_array(np.array(bound, dtype=np.float32), f"{base}_clip_max"),
+        ]
+    )
+    return helper.make_node(
+        "Clip",
+        [tensor, f"{base}_clip_min", f"{base}_clip_max"],
+        [f"{base}_clipped"],
+        name=f"{base}_Clip",
+    )
+
+
+def quantize_weight(
+    value: np.ndarray, axis: int | None, bits: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric quantization of a weight to the `bits`-bit grid (scale amax/qmax, codes in
+    ±qmax, stored as INT8), per channel along ``axis`` (None: per tensor).
 
     Returns:
         (int8 values, float32 scales: shape [channels], or [] per tensor).
     """
-    w = value.astype(np.float32)
+    w, limit = value.astype(np.float32), qmax(bits)
     if axis is None:
-        amax = np.abs(w).max(initial=0.0)
-        scale = np.float32(amax / QMAX) if amax > 0 else np.float32(1.0)
-        q = np.clip(np.rint(w / scale), -QMAX, QMAX).astype(np.int8)
+        scale = np.float32(np.abs(w).max(initial=0.0) / limit)
+        scale = scale if scale > 0 else np.float32(1.0)  # zeros, or a subnormal amax / limit
+        q = np.clip(np.rint(w / scale), -limit, limit).astype(np.int8)
         return q, np.array(scale, dtype=np.float32)
     reduce = tuple(d for d in range(w.ndim) if d != axis)
     amax = np.abs(w).max(axis=reduce, initial=0.0)
-    scales = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
+    scales = (amax / limit).astype(np.float32)
+    # A zero channel, or one whose amax / limit underflows float32: any positive scale
+    # codes it as zeros; 1 is what the fake quantization uses too.
+    scales[~(scales > 0)] = 1.0
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.rint(w / scales.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    q = np.clip(np.rint(w / scales.reshape(shape)), -limit, limit).astype(np.int8)
     return q, scales
 
 
@@ -192,20 +234,21 @@ def _weight_dq(
     model: onnx.ModelProto,
     index: GraphIndex,
     w: WeightQuant,
+    bits: int,
     names: _NameSource,
     rewires: dict[tuple[str, int], str],
-    done: dict[tuple[str, int | None], str],
+    done: dict[tuple[str, int | None, int], str],
 ) -> list[onnx.NodeProto]:
     source = index.constant_source(w.tensor)
     value = index.constant(w.tensor)
     if source is None or value is None or value.dtype != np.float32:
         return []  # not a float constant: left as it is
-    key = (source, w.axis)
+    key = (source, w.axis, bits)
     if key in done:  # a weight shared by several nodes gets one DequantizeLinear
         rewires[(w.node, w.index)] = done[key]
         return []
     base = names.new(source)
-    q, scales = quantize_weight(value, w.axis)
+    q, scales = quantize_weight(value, w.axis, bits)
     node = _int8_constant(model, base, q, scales, w.axis)
     done[key] = rewires[(w.node, w.index)] = f"{base}_dequantized"
     return [node]
@@ -284,5 +327,8 @@ class _NameSource:
     @staticmethod
     def _names(stem: str, copies: int) -> set[str]:
         tags = [stem] + [f"{stem}_{j}" for j in range(1, copies)]
-        suffixes = ("_scale", "_zero_point", "_quantized", "_dequantized", "_Q", "_DQ")
+        suffixes = (
+            *("_scale", "_zero_point", "_quantized", "_dequantized", "_Q", "_DQ"),
+            *("_clip_min", "_clip_max", "_clipped", "_Clip"),
+        )
         return {f"{tag}{suffix}" for tag in tags for suffix in suffixes}

@@ -19,6 +19,7 @@ from quantpipe.evaluate.evaluate import EvalSetup, evaluate
 from quantpipe.evaluate.fidelity import output_kl
 from quantpipe.export.metadata import ModelContract, load_onnx, read_metadata
 from quantpipe.quantize import QDQConfig, quantize_qdq
+from quantpipe.quantize.bits import INT8, BitWidths
 from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
 from quantpipe.quantize.placement import FloatNode
 from quantpipe.stages.ptq_result import CalibratorScores, KernelCensus, OrtCpuBuild, QdqStructure
@@ -42,9 +43,12 @@ class Quantizer:
         self.source = load_onnx(source)
         self.config = config
 
-    def quantize(self, amax: Mapping[str, float], calibrator: str) -> Quantized:
-        result = quantize_qdq(self.source, amax, self.config)
-        how = {"quantpipe.precision": "int8-qdq", "quantpipe.calibrator": calibrator}
+    def quantize(
+        self, amax: Mapping[str, float], calibrator: str, bits: BitWidths = INT8
+    ) -> Quantized:
+        result = quantize_qdq(self.source, amax, self.config, bits)
+        precision = "int8-qdq" if bits.is_int8 else "mixed-qdq"
+        how = {"quantpipe.precision": precision, "quantpipe.calibrator": calibrator}
         replace_metadata(result.model, read_metadata(self.source) | how)
         return Quantized(result.model, result.float_nodes)
 

@@ -17,6 +17,7 @@ from quantpipe.export.options import ExportOptions
 from quantpipe.models.registry import MODELS, build_model
 from quantpipe.qat.graph_module import OnnxGraphModule, QuantSpec
 from quantpipe.quantize import QDQConfig, plan_qdq, quantize_qdq
+from quantpipe.quantize.bits import BitWidths
 
 
 def _export(name: str) -> onnx.ModelProto:
@@ -111,3 +112,45 @@ def test_an_op_it_cannot_run_is_a_clear_error() -> None:
     )
     with pytest.raises(QuantpipeError, match="QAT cannot run ops Erf"):
         OnnxGraphModule(helper.make_model(graph))
+
+
+@pytest.mark.parametrize("activation_bits", [8, 6, 4])
+def test_fake_quantization_at_mixed_bits_is_the_exported_qdq_model(activation_bits: int) -> None:
+    model = _export("cifar10-resnet20")
+    x = _inputs(model, 32)
+    amax = _amax(model, x)
+    plan = plan_qdq(model, QDQConfig())
+    rng = np.random.default_rng(activation_bits)
+    bits = BitWidths({w.node: int(rng.choice([2, 4, 8])) for w in plan.weights}, activation_bits)
+    quantized = quantize_qdq(model, amax, QDQConfig(), bits).model
+    onnx.checker.check_model(quantized, full_check=True)
+    exact = make_session(quantized, OrtConfig(qdq_fusions=False)).run(None, {"input": x})[0]
+    out = OnnxGraphModule(model, QuantSpec(plan, amax, bits))(torch.from_numpy(x)).detach()
+    assert (out.numpy().argmax(1) == exact.argmax(1)).mean() >= 0.9
+    np.testing.assert_allclose(out.numpy(), exact, atol=0.05 * np.abs(exact).max())
+    clips = [n for n in quantized.graph.node if n.op_type == "Clip"]
+    assert len(clips) == (len(plan.activations) if activation_bits < 8 else 0)
+
+
+def test_low_bit_weights_lie_on_their_grid_stored_as_int8() -> None:
+    model = _export("fmnist-cnn")
+    plan = plan_qdq(model, QDQConfig())
+    bits = BitWidths({w.node: b for w, b in zip(plan.weights, (2, 4, 8), strict=False)})
+    quantized = quantize_qdq(model, _amax(model, _inputs(model)), QDQConfig(), bits).model
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    seen = set()
+    for node in quantized.graph.node:
+        if node.op_type == "DequantizeLinear" and inits.get(node.input[0], np.zeros(0)).ndim >= 2:
+            codes = inits[node.input[0]]
+            reader = next(n for n in quantized.graph.node if node.output[0] in n.input)
+            limit = 2 ** (bits.weight(reader.name) - 1) - 1
+            assert codes.dtype == np.int8 and np.abs(codes).max() == limit  # grid used fully
+            seen.add(limit)
+    assert seen == {1, 7, 127}
+
+
+def test_a_bit_width_outside_2_to_8_is_a_clear_error() -> None:
+    with pytest.raises(QuantpipeError, match=r"bit width 9 is not an integer in 2..8"):
+        BitWidths({}, 9)
+    with pytest.raises(QuantpipeError, match=r"node 'conv'.*bit width 1 is not"):
+        BitWidths({"conv": 1})
