@@ -1,0 +1,1 @@
+"""Sensitivity-based mixed precision: sensitivity, bit allocation, packed storage."""
