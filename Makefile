@@ -17,7 +17,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat engines bench-run report bench bench-btc bench-ptq bench-engines models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines bench-run report bench bench-btc bench-ptq bench-engines bench-pareto models datasets backends clean
 
 setup: $(STAMP)
 
@@ -67,6 +67,9 @@ ptq: setup
 qat: setup
 	$(QP) qat $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
 
+mixed: setup
+	$(QP) mixed $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
+
 engines: setup
 	$(QP) engines $(if $(RUN),--run $(RUN)) $(if $(DATA),--data $(DATA)) $(EXTRA)
 
@@ -78,7 +81,7 @@ report: setup
 	$(QP) report $(if $(RUN),--run $(RUN)) $(EXTRA)
 
 # Benchmarks print a table and write JSON to bench-results/ (never run by make test).
-bench: bench-btc bench-ptq bench-engines
+bench: bench-btc bench-ptq bench-engines bench-pareto
 
 bench-btc: setup
 	mkdir -p bench-results
@@ -92,6 +95,10 @@ bench-engines: setup
 	mkdir -p bench-results
 	$(BIN)/python tests/bench/bench_engines.py --workdir $(RUNS_DIR)/bench-engines \
 		--out bench-results/bench-engines.json
+
+bench-pareto: setup
+	mkdir -p bench-results
+	$(BIN)/python tests/bench/bench_pareto.py --out bench-results/bench-pareto.json
 
 models datasets backends: setup
 	$(QP) $@

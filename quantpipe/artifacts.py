@@ -25,6 +25,13 @@ REPORT_MD = "report/report.md"
 REPORT_ACCURACY_PNG = "report/accuracy_vs_size.png"
 REPORT_LATENCY_PNG = "report/latency_vs_batch.png"
 REPORT_BTC_LAYERS_PNG = "report/btc_layers.png"
+# Inside the mixed stage's directory (`mixed_path`).
+MIXED_SENSITIVITY_JSON = "sensitivity.json"
+MIXED_SENSITIVITY_PNG = "sensitivity.png"
+MIXED_PARETO_JSON = "pareto.json"
+MIXED_PARETO_PNG = "pareto.png"
+MIXED_REPORT_MD = "report.md"
+MIXED_ACCURACY_PNG = "accuracy_vs_size.png"
 
 PYTORCH = "pytorch"
 FP32 = "fp32"
@@ -52,16 +59,40 @@ def onnx_file(label: str) -> str:
 
 def int8_label(source_label: str, build: str) -> str:
     """`fp32` → `int8.qdq`; any other source keeps its label: `btc` → `btc.int8.qdq`."""
-    if build not in INT8_BUILDS:
-        raise ValueError(f"unknown INT8 build {build!r}")
-    return f"int8.{build}" if source_label == FP32 else f"{source_label}.int8.{build}"
+    return _quantized_label("int8", source_label, build)
 
 
 def qat_label(source_label: str, build: str) -> str:
     """`fp32` → `qat.qdq`; `btc` → `btc.qat.qdq`: the QAT model of a float model."""
+    return _quantized_label("qat", source_label, build)
+
+
+def mp_label(source_label: str, build: str) -> str:
+    """`fp32` → `mp.qdq`; `btc` → `btc.mp.qdq`: the mixed-precision model of a float model."""
+    return _quantized_label("mp", source_label, build)
+
+
+def _quantized_label(kind: str, source_label: str, build: str) -> str:
     if build not in INT8_BUILDS:
         raise ValueError(f"unknown INT8 build {build!r}")
-    return f"qat.{build}" if source_label == FP32 else f"{source_label}.qat.{build}"
+    return f"{kind}.{build}" if source_label == FP32 else f"{source_label}.{kind}.{build}"
+
+
+def mp_file(source: Path, build: str = "qdq") -> str:
+    """The mixed-precision Q/DQ model `mixed` writes for the float ONNX model at `source`."""
+    return onnx_file(mp_label(onnx_label(source), build))
+
+
+def mp_packed_file(source: Path) -> str:
+    """Its weights packed at their bit widths: `model.mp.qpmix`, `model.btc.mp.qpmix`
+    (the format: quantpipe/mixed/packed.py)."""
+    label = onnx_label(source)
+    return f"model.{'mp' if label == FP32 else f'{label}.mp'}.qpmix"
+
+
+def mixed_path(source: Path, name: str) -> str:
+    """A file of the mixed stage for `source`: `mixed/report.md`, `mixed.btc/report.md`."""
+    return f"{record_name('mixed', source)}/{name}"
 
 
 def qat_file(source: Path, build: str = "qdq") -> str:

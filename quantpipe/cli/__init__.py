@@ -27,6 +27,7 @@ COMMANDS = {
     "calibrate": "quantpipe.cli.stage_commands:cmd_calibrate",
     "ptq": "quantpipe.cli.stage_commands:cmd_ptq",
     "qat": "quantpipe.cli.qat_command:cmd_qat",
+    "mixed": "quantpipe.cli.stage_commands:cmd_mixed",
     "engines": "quantpipe.cli.stage_commands:cmd_engines",
     "bench": "quantpipe.cli.stage_commands:cmd_bench",
     "report": "quantpipe.cli.stage_commands:cmd_report",

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _btc_parser(sub)
     _ptq_parsers(sub)
     _qat_parser(sub)
+    _mixed_parser(sub)
     _engine_parsers(sub)
     _report_parser(sub)
     inspect = sub.add_parser(
@@ -196,6 +197,37 @@ def _ptq_parsers(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--count", type=int, default=64)
     cmp.add_argument("--top", type=int, default=15, help="rows of the per-layer table")
     cmp.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: default)")
+
+
+def _mixed_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "mixed", help="sensitivity-based mixed precision from ptq's result (thesis Alg. 1-2)"
+    )
+    p.add_argument("--onnx", help="the float model ptq quantized (default: model.fp32.onnx)")
+    _add_data_options(p, required=True)
+    p.add_argument("--preset", default="4MP-A8", help="4MP-A8 (default), 4MP-A6, 2MP-A8, ...")
+    p.add_argument("--widths", type=_csv(int), help="weight bit widths to mix, e.g. 2,4,8")
+    p.add_argument("--activation-bits", type=int, help="overrides the preset's A")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=float, help="bytes of the quantized weights (Σ P·b/8)")
+    size.add_argument(
+        "--compression", type=float, help="× smaller than FP32 weights (default 5 for 4MP, 6 2MP)"
+    )
+    p.add_argument("--max-drop", type=float, help="smallest model within D points on val")
+    p.add_argument("--normalise", action="store_true", help="rank layers by S/P, not S")
+    p.add_argument("--trials", type=int, default=4, help="noise draws per layer (default 4)")
+    p.add_argument("--epsilon", type=float, default=1e-3, help="σ = ε/‖W‖ (default 1e-3)")
+    p.add_argument("--sensitivity-count", type=int, default=128, help="calib batch (default 128)")
+    p.add_argument("--sensitivity-seed", type=int, default=0)
+    p.add_argument("--randoms", type=int, default=3, help="random allocations to compare")
+    p.add_argument("--sweep", type=int, default=5, help="frontier points to measure for the plot")
+    p.add_argument("--qat-epochs", type=int, default=0, help="fine-tune the chosen model (QAT)")
+    p.add_argument("--lr", type=float, help="QAT learning rate (default as qat)")
+    p.add_argument("--batch-size", type=int, default=128, help="QAT batch size")
+    p.add_argument("--train-count", type=int, help="QAT on the first N samples of train")
+    p.add_argument("--eval-count", type=int, help="only the first N samples of val/test")
+    _add_reference_option(p)
+    _add_run_options(p)
 
 
 def _engine_parsers(sub: argparse._SubParsersAction) -> None:

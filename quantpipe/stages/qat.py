@@ -25,6 +25,7 @@ from quantpipe.qat.distributed import World
 from quantpipe.qat.train import EpochRecord, QatTraining
 from quantpipe.stages import qat_session
 from quantpipe.stages.common import DataRef, LabelSource
+from quantpipe.stages.from_ptq import ptq_record
 from quantpipe.stages.ptq_result import OrtCpuBuild
 
 
@@ -80,7 +81,7 @@ class QatStage:
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
         files = {"onnx": self.onnx, **self.data.inputs(), **self.labels.inputs(run.path, self.data)}
-        record = qat_session.ptq_record(run.manifest, run.path, self.onnx)
+        record = ptq_record(run.manifest, run.path, self.onnx, "qat")
         return files | {f"ptq {o.path}": run.artifact(o.path) for o in record.outputs}
 
     def params(self) -> dict[str, Any]:

@@ -8,26 +8,28 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from quantpipe.artifacts import CALIB_DIR, int8_file, qat_file, record_name
-from quantpipe.calibration import import_trt_cache, load_table
+from quantpipe.artifacts import int8_file, qat_file
 from quantpipe.data.selection import Selection, select
-from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
 from quantpipe.engines.ort_session import OrtConfig
-from quantpipe.engines.torch_runner import TorchRunner, set_torch_threads
-from quantpipe.errors import DataError, QuantpipeError
+from quantpipe.engines.torch_runner import set_torch_threads
 from quantpipe.evaluate.evaluate import SplitScores
 from quantpipe.export.metadata import ModelContract, load_onnx, require_contract
 from quantpipe.pipeline.hashing import sha256_file, sha256_json
-from quantpipe.pipeline.manifest import Manifest, StageRecord
+from quantpipe.pipeline.manifest import Manifest
 from quantpipe.pipeline.stage import StageContext
 from quantpipe.qat.distributed import World
 from quantpipe.qat.graph_module import OnnxGraphModule, QuantSpec
 from quantpipe.qat.train import QatTraining, Trainer, TrainState, load_checkpoint, save_checkpoint
 from quantpipe.quantize import QDQConfig, plan_qdq
 from quantpipe.stages.common import DataRef, LabelSource
-from quantpipe.stages.ptq_result import CalibrationNote, OrtCpuBuild, PtqResult
+from quantpipe.stages.from_ptq import (
+    ptq_ranges,
+    ptq_record,
+    top1_agreement,
+    training_split,
+    write_weights,
+)
+from quantpipe.stages.ptq_result import OrtCpuBuild, PtqResult
 from quantpipe.stages.ptq_scoring import Quantizer, accuracy, ort_cpu_build
 
 
@@ -69,23 +71,13 @@ class Exported:
     agreement: float
 
 
-def ptq_record(manifest: Manifest, run_path: Path, onnx: Path) -> StageRecord:
-    record = manifest.stages.get(record_name("ptq", onnx))
-    if record is None:
-        raise QuantpipeError(
-            f"qat starts from the PTQ result of {onnx.name}, and run {run_path} has none: "
-            "run `quantpipe ptq` first"
-        )
-    return record
-
-
 def prepare(job: QatJob, run_path: Path, threads: int) -> Session:
     """The model with fake quantization at ptq's points and ranges, and the data. Reads the
     manifest file: a rank other than 0 holds no lock on the run."""
     set_torch_threads(threads)
-    record = ptq_record(Manifest.load(run_path), run_path, job.onnx)
+    record = ptq_record(Manifest.load(run_path), run_path, job.onnx, "qat")
     ptq, exclude = PtqResult.from_json(record.results), tuple(record.params.get("exclude", ()))
-    amax, key = _ranges(run_path, job.onnx, ptq)
+    amax, key = ptq_ranges(run_path, job.onnx, ptq)
     model = load_onnx(job.onnx)
     plan = plan_qdq(model, QDQConfig(exclude=exclude))
     spec = QuantSpec(plan, amax, learn_ranges=job.training.learn_ranges)
@@ -93,7 +85,7 @@ def prepare(job: QatJob, run_path: Path, threads: int) -> Session:
     contract = require_contract(job.onnx)
     dataset, pre, seed = job.data.open(), contract.preprocessing, job.data.seed
     splits = (
-        _training_split(dataset, job.data, pre, job.training.train_count),
+        training_split(dataset, job.data, pre, job.training.train_count, "QAT"),
         select(dataset, "val", pre, seed, job.eval_count),
         select(dataset, "test", pre, seed, job.eval_count),
     )
@@ -119,7 +111,7 @@ def export(job: QatJob, s: Session, ctx: StageContext, tmp: Path) -> Exported:
     """Write the trained weights into the float model, quantize it as ptq did, and measure
     it beside FP32 and PTQ on the same splits."""
     float_path = tmp / "trained.fp32.onnx"
-    _save_trained(s, float_path)
+    write_weights(s.model, s.module.float_weights(), float_path)
     quantizer = Quantizer(float_path, QDQConfig(exclude=s.exclude))
     quantized = quantizer.quantize(s.module.activation_ranges(), s.ptq.calibrator)
     out = ctx.output(qat_file(job.onnx))
@@ -132,52 +124,5 @@ def export(job: QatJob, s: Session, ctx: StageContext, tmp: Path) -> Exported:
     def scores(path: Path) -> SplitScores:
         return SplitScores(*(accuracy(path, sel, s.contract, exact) for sel in (s.val, s.test)))
 
-    agreement = _agreement(s.module, out, s.test, exact)
+    agreement = top1_agreement(s.module, out, s.test, exact)
     return Exported(scores(job.onnx), scores(ptq_model), scores(out), ort_cpu, agreement)
-
-
-def _save_trained(s: Session, path: Path) -> None:
-    import onnx
-    from onnx import numpy_helper
-
-    trained = onnx.ModelProto()
-    trained.CopyFrom(s.model)
-    weights = s.module.float_weights()
-    for init in trained.graph.initializer:
-        if init.name in weights:
-            init.CopyFrom(numpy_helper.from_array(weights[init.name], init.name))
-    onnx.save(trained, str(path))
-
-
-def _training_split(dataset: Any, data: DataRef, pre: Any, count: int | None) -> Selection:
-    """The `train` split; a clear error for data that has none."""
-    try:
-        return select(dataset, "train", pre, data.seed, count)
-    except DataError as e:
-        raise QuantpipeError(
-            f"QAT needs a train split and {data.spec} has none ({e}): give data with a train "
-            "pool, or a single pool that quantpipe splits"
-        ) from None
-
-
-def _ranges(run_path: Path, onnx: Path, ptq: PtqResult) -> tuple[dict[str, float], str]:
-    """ptq's kept activation ranges and a key naming them."""
-    note = ptq.calibration
-    if isinstance(note, CalibrationNote):
-        key = note.keys[ptq.calibrator]
-        table = load_table(run_path / CALIB_DIR, key, sha256_file(onnx))
-        return dict(table.amax), key
-    cache = Path(note.imported)
-    return dict(import_trt_cache(cache)), sha256_file(cache)
-
-
-def _agreement(module: OnnxGraphModule, onnx_path: Path, test: Selection, ort: OrtConfig) -> float:
-    """Top-1 agreement (%) of the fake-quantized torch graph and the exported Q/DQ model."""
-    same = total = 0
-    with TorchRunner(module) as torch_runner, OnnxRuntimeRunner(onnx_path, ort) as onnx_runner:
-        for x, _ in test.batches(256):
-            a = next(iter(torch_runner.infer({"input": x}).values())).argmax(1)
-            b = next(iter(onnx_runner.infer({onnx_runner.input_names[0]: x}).values())).argmax(1)
-            same += int(np.sum(a == b))
-            total += a.size
-    return 100.0 * same / max(total, 1)
