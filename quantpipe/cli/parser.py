@@ -215,6 +215,12 @@ def _mixed_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-drop", type=float, help="smallest model within D points on val")
     p.add_argument("--normalise", action="store_true", help="rank layers by S/P, not S")
+    p.add_argument(
+        "--pick",
+        default="measured",
+        help="measured (default: the best on val of the allocations measured within the "
+        "budget) or proxy (the thesis's least-cost frontier point, unmeasured)",
+    )
     p.add_argument("--trials", type=int, default=4, help="noise draws per layer (default 4)")
     p.add_argument("--epsilon", type=float, default=1e-3, help="σ = ε/‖W‖ (default 1e-3)")
     p.add_argument("--sensitivity-count", type=int, default=128, help="calib batch (default 128)")
@@ -294,6 +300,11 @@ def _qat_parser(sub: argparse._SubParsersAction) -> None:
         "--fixed-ranges",
         action="store_true",
         help="keep ptq's activation ranges (default: learn them, LSQ)",
+    )
+    p.add_argument(
+        "--keep",
+        default="best",
+        help="best (default: the epoch best on val, ptq's start counted as epoch 0) or last",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue from the last epoch's checkpoint"

@@ -18,11 +18,11 @@ from quantpipe.stages.qat import QatConfig, QatStage
 
 
 def cmd_qat(args: argparse.Namespace) -> int:
-    from quantpipe.qat.train import QatTraining
+    from quantpipe.qat.config import QatTraining
 
     training = QatTraining(
         args.epochs, args.lr, args.optimizer, args.momentum, args.weight_decay, args.schedule,
-        args.batch_size, args.train_count, not args.fixed_ranges,
+        args.batch_size, args.train_count, not args.fixed_ranges, args.keep,
     )  # fmt: skip
     cfg = QatConfig(training, args.eval_count)
     w = world()

@@ -1,10 +1,5 @@
 """The QAT training loop: fake-quantized forward, straight-through backward, a checkpoint
-per epoch, data-parallel under torchrun.
-
-Defaults: SGD (momentum 0.9) reduced on a plateau of the val accuracy, as in the thesis the
-stage reproduces, but at learning rate 0.001 rather than its 0.01 (1e-4 for segmentation,
-as there): on fmnist-cnn, fine-tuned from a PTQ that lost 6.05 points, 0.01 reached 90.06 %
-val after 2 epochs and 0.001 90.78 % (FP32 91.84 %).
+per epoch, data-parallel under torchrun. Its settings and defaults: quantpipe/qat/config.py.
 """
 
 from __future__ import annotations
@@ -25,51 +20,8 @@ from quantpipe.evaluate.evaluate import EvalSetup, evaluate
 from quantpipe.evaluate.metrics import IGNORE_INDEX
 from quantpipe.pipeline.atomic import atomic_path
 from quantpipe.progress import track
+from quantpipe.qat.config import EpochRecord, QatTraining
 from quantpipe.qat.distributed import World
-
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("plateau", "cosine", "constant")
-
-
-@dataclass(frozen=True)
-class QatTraining:
-    """How to fine-tune. lr None: 0.001 for classifiers, 1e-4 for segmentation."""
-
-    epochs: int = 5
-    lr: float | None = None
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "plateau"
-    batch_size: int = 128
-    train_count: int | None = None
-    learn_ranges: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise QuantpipeError(
-                f"--epochs and --batch-size must be at least 1, got {self.epochs}, "
-                f"{self.batch_size}"
-            )
-        if self.lr is not None and not 0 < self.lr < 1:
-            raise QuantpipeError(f"--lr must be in (0, 1), got {self.lr}")
-        if self.optimizer not in OPTIMIZERS or self.schedule not in SCHEDULES:
-            raise QuantpipeError(
-                f"--optimizer {self.optimizer!r} / --schedule {self.schedule!r}: use one of "
-                f"{', '.join(OPTIMIZERS)} / {', '.join(SCHEDULES)}"
-            )
-
-    def learning_rate(self, task: str) -> float:
-        return self.lr if self.lr is not None else (1e-4 if task == "segmentation" else 1e-3)
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int
-    loss: float
-    val: float  # headline metric on val, fake-quantized
-    lr: float
-    seconds: float
 
 
 @dataclass
@@ -78,6 +30,16 @@ class TrainState:
 
     epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
+    # With `keep = "best"`: the best val so far, its epoch (0: the starting point) and weights.
+    best_val: float | None = None
+    best_epoch: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, epoch: int, val: float, module: torch.nn.Module) -> None:
+        """Keep `module`'s weights if `val` beats the best so far (ties keep the earlier)."""
+        if self.best_val is None or val > self.best_val:
+            self.best_val, self.best_epoch = val, epoch
+            self.best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 class Trainer:
@@ -105,7 +67,8 @@ class Trainer:
     def fit(
         self, train: Selection, val: Selection, state: TrainState, save: Any, progress: bool
     ) -> TrainState:
-        """Train from `state.epoch` to the configured epochs; `save(self, state)` after each."""
+        """Train from `state.epoch` to the configured epochs; `save(self, state)` after each.
+        Leaves the module at the best epoch's weights when `keep` is best, else the last."""
         x, y = _arrays(train)
         batch = self.cfg.batch_size
         if batch % self.world.size:
@@ -116,6 +79,9 @@ class Trainer:
         steps = len(x) // batch
         if steps < 1:
             raise QuantpipeError(f"{len(x)} training samples are fewer than one batch of {batch}")
+        best = self.cfg.keep == "best"
+        if best and state.best_val is None:
+            state.offer(0, self.validate(val), self.module)
         for epoch in range(state.epoch, self.cfg.epochs):
             start = time.perf_counter()
             loss = self._epoch(x, y, steps, f"qat epoch {epoch + 1}/{self.cfg.epochs}", progress)
@@ -129,7 +95,13 @@ class Trainer:
                 EpochRecord(epoch + 1, loss, score, lr, time.perf_counter() - start)
             )
             state.epoch = epoch + 1
+            if best:
+                state.offer(epoch + 1, score, self.module)
             save(self, state)
+        if best and state.best_weights is not None:
+            self.module.load_state_dict(state.best_weights)
+        else:
+            state.best_epoch = state.epoch
         return state
 
     def _epoch(
@@ -191,6 +163,7 @@ def save_checkpoint(path: Path, fingerprint: str, trainer: Trainer, state: Train
         "epoch": state.epoch,
         "history": [asdict(h) for h in state.history],
         "trainer": trainer.state_dict(),
+        "best": {"val": state.best_val, "epoch": state.best_epoch, "weights": state.best_weights},
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -211,7 +184,8 @@ def load_checkpoint(path: Path, fingerprint: str, trainer: Trainer) -> TrainStat
         )
     trainer.load_state_dict(payload["trainer"])
     history = [EpochRecord(**h) for h in payload["history"]]
-    return TrainState(int(payload["epoch"]), history)
+    best = payload["best"]
+    return TrainState(int(payload["epoch"]), history, best["val"], best["epoch"], best["weights"])
 
 
 def _arrays(train: Selection) -> tuple[torch.Tensor, torch.Tensor]:

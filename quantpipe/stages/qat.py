@@ -13,26 +13,40 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from quantpipe.artifacts import QAT_DIR, qat_file, record_name
+from quantpipe.artifacts import (
+    INT8_BUILDS,
+    QAT_DIR,
+    onnx_label,
+    qat_file,
+    qat_label,
+    record_name,
+)
 from quantpipe.data.selection import DataInfo
 from quantpipe.evaluate.evaluate import SplitScores
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
+from quantpipe.qat.config import EpochRecord, QatTraining
 from quantpipe.qat.distributed import World
-from quantpipe.qat.train import EpochRecord, QatTraining
-from quantpipe.stages import qat_session
 from quantpipe.stages.common import DataRef, LabelSource
 from quantpipe.stages.from_ptq import ptq_record
 from quantpipe.stages.ptq_result import OrtCpuBuild
+
+if TYPE_CHECKING:
+    from quantpipe.stages.qat_session import QatJob
 
 
 @dataclass(frozen=True)
 class QatConfig:
     training: QatTraining = field(default_factory=QatTraining)
     eval_count: int | None = None
+
+    @staticmethod
+    def from_flags(eval_count: int | None = None, **training: Any) -> QatConfig:
+        """From a run config's [qat] keys: QatTraining's fields and `eval_count`."""
+        return QatConfig(QatTraining(**training), eval_count)
 
 
 @dataclass(frozen=True)
@@ -48,17 +62,29 @@ class QatResult(JsonResult):
     ort_cpu: OrtCpuBuild
     torch_onnx_agreement: float  # top-1 agreement, fake-quant module vs exported ONNX, test
     train_samples: int
+    kept_epoch: int  # the epoch whose weights were exported; 0: ptq's starting point
     data_test: DataInfo
     truth: str = "labels"
+
+    def artifact_bits(self) -> dict[str, str]:
+        """Weight bits of the QAT artifacts, by label (for the run summary)."""
+        source = onnx_label(Path(self.input))
+        return {qat_label(source, build): "8 (QAT)" for build in INT8_BUILDS}
 
     def lines(self) -> list[str]:
         last = self.epochs[-1] if self.epochs else None
         trained = f"{len(self.epochs)} epochs" + (f", last loss {last.loss:.4f}" if last else "")
+        kept = (
+            f"kept epoch {self.kept_epoch}"
+            if self.kept_epoch
+            else "no epoch beat ptq's starting point on val, which is kept"
+        )
+        d = self.data_test
         return [
-            f"QAT ({trained}, {self.processes} process(es)): test {self.qat.test:.2f} % vs PTQ "
-            f"{self.ptq.test:.2f} % vs FP32 {self.fp32.test:.2f} % "
-            f"({self.data_test.count:,} samples of {self.data_test.dataset} "
-            f"{self.data_test.split}); ONNX Runtime CPU build {self.ort_cpu.test:.2f} %",
+            f"QAT ({trained}, {kept}, {self.processes} process(es)): "
+            f"test {self.qat.test:.2f} % vs PTQ {self.ptq.test:.2f} % vs FP32 "
+            f"{self.fp32.test:.2f} % ({d.count:,} samples of {d.dataset} {d.split}); "
+            f"ONNX Runtime CPU build {self.ort_cpu.test:.2f} %",
             f"the exported Q/DQ model agrees with the fake-quantized training graph on "
             f"{self.torch_onnx_agreement:.2f} % of test (top-1)",
         ]
@@ -87,7 +113,9 @@ class QatStage:
     def params(self) -> dict[str, Any]:
         return {**asdict(self.config), **self.data.params(), "reference": self.labels.given}
 
-    def job(self, run_path: Path) -> qat_session.QatJob:
+    def job(self, run_path: Path) -> QatJob:
+        from quantpipe.stages import qat_session
+
         checkpoint = run_path / QAT_DIR / f"{self.name}.checkpoint.pt"
         identity = {**self.params(), "out": qat_file(self.onnx)}
         return qat_session.QatJob(
@@ -96,6 +124,8 @@ class QatStage:
         )  # fmt: skip
 
     def run(self, ctx: StageContext) -> QatResult:
+        from quantpipe.stages import qat_session
+
         job = self.job(ctx.run.path)
         session = qat_session.prepare(job, ctx.run.path, ctx.threads)
         start, trained = qat_session.train(job, session, ctx.progress)
@@ -113,6 +143,7 @@ class QatStage:
             ort_cpu=exported.ort_cpu,
             torch_onnx_agreement=exported.agreement,
             train_samples=len(session.train),
+            kept_epoch=trained.best_epoch,
             data_test=session.test.info(),
             truth=session.test.truth,
         )

@@ -17,9 +17,10 @@ from quantpipe.export.metadata import ModelContract, load_onnx, require_contract
 from quantpipe.pipeline.hashing import sha256_file, sha256_json
 from quantpipe.pipeline.manifest import Manifest
 from quantpipe.pipeline.stage import StageContext
+from quantpipe.qat.config import QatTraining
 from quantpipe.qat.distributed import World
 from quantpipe.qat.graph_module import OnnxGraphModule, QuantSpec
-from quantpipe.qat.train import QatTraining, Trainer, TrainState, load_checkpoint, save_checkpoint
+from quantpipe.qat.train import Trainer, TrainState, load_checkpoint, save_checkpoint
 from quantpipe.quantize import QDQConfig, plan_qdq
 from quantpipe.stages.common import DataRef, LabelSource
 from quantpipe.stages.from_ptq import (

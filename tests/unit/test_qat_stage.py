@@ -102,3 +102,16 @@ def test_qat_without_ptq_or_a_train_split_says_what_to_do(tmp_path: Path, capsys
     assert main(["qat", "--data", f"imagefolder:{tmp_path / 'imgs'}", *QAT, *run]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "QAT needs a train split" in err
+
+
+def test_an_epoch_that_loses_on_val_is_not_delivered(quantized: Path) -> None:
+    # At learning rate 0.9 (momentum 0.9) every epoch wrecks the weights: with --keep best
+    # (the default) the starting point, ptq's weights and ranges, is what gets exported.
+    argv = ["qat", "--data", "digits", *QAT, "--lr", "0.9", "--run-dir", str(quantized)]
+    assert main(argv) == 0
+    res = _results(quantized)
+    assert res["kept_epoch"] == 0 and max(e["val"] for e in res["epochs"]) < res["ptq"]["val"]
+    assert res["qat"] == res["ptq"]
+    assert main([*argv, "--keep", "last", "--force"]) == 0
+    res = _results(quantized)
+    assert res["kept_epoch"] == 2 and res["qat"]["val"] < res["ptq"]["val"]
