@@ -95,22 +95,17 @@ def cmd_ptq(args: argparse.Namespace) -> int:
 
 
 def cmd_mixed(args: argparse.Namespace) -> int:
-    from quantpipe.mixed.sensitivity import SensitivityConfig
-    from quantpipe.qat.train import QatTraining
     from quantpipe.stages.mixed import MixedStage
     from quantpipe.stages.mixed_session import MixedConfig
 
-    qat = None
-    if args.qat_epochs:
-        qat = QatTraining(
-            epochs=args.qat_epochs, lr=args.lr, batch_size=args.batch_size,
-            train_count=args.train_count,
-        )  # fmt: skip
-    cfg = MixedConfig(
-        args.preset, args.widths, args.activation_bits, args.budget, args.compression,
-        args.max_drop, args.normalise,
-        SensitivityConfig(args.trials, args.epsilon, args.sensitivity_seed, args.normalise),
-        args.sensitivity_count, args.randoms, args.sweep, qat, args.eval_count,
+    cfg = MixedConfig.from_flags(
+        preset=args.preset, widths=args.widths, activation_bits=args.activation_bits,
+        budget_bytes=args.budget, compression=args.compression, max_drop=args.max_drop,
+        normalise=args.normalise, pick=args.pick, trials=args.trials, epsilon=args.epsilon,
+        sensitivity_seed=args.sensitivity_seed, sensitivity_count=args.sensitivity_count,
+        randoms=args.randoms, sweep=args.sweep, qat_epochs=args.qat_epochs, qat_lr=args.lr,
+        qat_batch_size=args.batch_size, qat_train_count=args.train_count,
+        eval_count=args.eval_count,
     )  # fmt: skip
     with open_run(args, _onnx_hint(args)) as run:
         _run(run, MixedStage(_onnx(args, run), _data(args), cfg, LabelSource(args.reference)), args)

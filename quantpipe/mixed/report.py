@@ -67,7 +67,7 @@ def report_lines(r: MixedResult, onnx: Path, metric: str) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     tuned = f" + {len(r.qat_epochs)} QAT epochs" if r.qat_epochs else ""
-    rows = [(f"{r.precision}, {r.ranking}-ranked{tuned} (exported)", r.chosen, r.mp.test)]
+    rows = [(f"{r.precision}, {r.chosen.name}{tuned} (exported)", r.chosen, r.mp.test)]
     if r.qat_epochs:
         rows.append(("the same before QAT (fake quant)", r.chosen, r.chosen.accuracy.test))
     rows += [(f"{c.name} (fake quant)", c, c.accuracy.test) for c in _table_points(r)]
@@ -94,7 +94,7 @@ def report_lines(r: MixedResult, onnx: Path, metric: str) -> list[str]:
 
 def _all_scored(r: MixedResult) -> list[ScoredAllocation]:
     """Every allocation measured on test (fake quant), the chosen one first."""
-    return [r.chosen, *r.sweep] + [row for c in r.comparisons for row in c.rows]
+    return [r.chosen, r.proxy, *r.sweep] + [row for c in r.comparisons for row in c.rows]
 
 
 def _table_points(r: MixedResult) -> list[ScoredAllocation]:
@@ -159,10 +159,22 @@ def _ranking_verdict(r: MixedResult) -> str:
 
 def _search_lines(r: MixedResult) -> list[str]:
     if r.max_drop is None:
+        p, c = r.proxy, r.chosen
+        how = (
+            "delivered as the thesis does, unmeasured"
+            if r.picked_by == "proxy"
+            else f"measured on val ({p.accuracy.val:.2f} %); the best on val of every "
+            f"allocation measured within the budget was **{c.name}** ({c.accuracy.val:.2f} % "
+            f"val, {c.compression:.2f}×), which is delivered (`--pick proxy` delivers the "
+            "thesis's choice instead)"
+        )
         return [
             "",
-            f"Chosen by budget: {r.budget_bytes:,.0f} bytes; the least-cost frontier point "
-            f"within it (of {r.frontier_points} frontier points).",
+            "## Selection",
+            "",
+            f"Budget {r.budget_bytes:,.0f} bytes. The thesis's choice, the least-cost point of "
+            f"the {r.ranking}-ranked frontier ({r.frontier_points} points) within it, is "
+            f"{p.size_bytes:,.0f} bytes ({p.compression:.2f}×): {how}.",
         ]
     lines = [
         "",
@@ -200,10 +212,12 @@ def plot_accuracy(r: MixedResult, path: Path) -> None:
     """Test accuracy against weight size (log): the run's artifacts and the mixed points."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for ref in r.references:
+    for i, ref in enumerate(r.references):
         ax.scatter(ref.size_bytes / 1000, ref.accuracy.test, marker="s", s=45, zorder=3)
+        # INT8 PTQ and QAT share a size: stack their labels rather than overprint them.
+        same = sum(p.size_bytes == ref.size_bytes for p in r.references[:i])
         ax.annotate(ref.name, (ref.size_bytes / 1000, ref.accuracy.test), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+                    xytext=(4, 4 - 10 * same), textcoords="offset points")  # fmt: skip
     others = {(c.size_bytes, c.accuracy.test) for c in _all_scored(r)}
     ax.plot([m[0] / 1000 for m in others], [m[1] for m in others], "o", color="#bbbbbb",
             ms=4, label="other allocations (fake quant)")  # fmt: skip

@@ -15,7 +15,6 @@ from quantpipe.calibration import import_trt_cache, load_table
 from quantpipe.data.selection import Selection, select
 from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
 from quantpipe.engines.ort_session import OrtConfig
-from quantpipe.engines.torch_runner import TorchRunner
 from quantpipe.errors import DataError, QuantpipeError
 from quantpipe.pipeline.hashing import sha256_file
 from quantpipe.pipeline.manifest import Manifest, StageRecord
@@ -79,6 +78,8 @@ def top1_agreement(
     module: torch.nn.Module, onnx_path: Path, data: Selection, ort: OrtConfig
 ) -> float:
     """Top-1 agreement (%) of a fake-quantized torch module and its exported Q/DQ model."""
+    from quantpipe.engines.torch_runner import TorchRunner
+
     same = total = 0
     with TorchRunner(module) as torch_runner, OnnxRuntimeRunner(onnx_path, ort) as onnx_runner:
         for x, _ in data.batches(256):

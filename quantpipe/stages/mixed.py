@@ -87,17 +87,24 @@ class MixedStage:
         references = _references(s, ctx, self.onnx)
         fp32 = references[0].accuracy
         allocation, searched = mixed_select.choose(frontier, limit, cfg, fp32.val, evaluator)
-        chosen = evaluator.score("chosen", allocation.bits)
+        ranking = mixed_select.RANKINGS[cfg.normalise]
+        proxy = evaluator.score(f"sensitivity {ranking} (proxy)", allocation.bits)
         comparisons = mixed_select.compare(s, ranked, allocation, cfg, evaluator)
         swept = mixed_select.sweep(frontier, cfg.sweep, evaluator)
-        bits = evaluator.bits(allocation.bits)
+        if cfg.max_drop is not None or cfg.pick == "proxy":
+            chosen, picked_by = proxy, "max-drop" if cfg.max_drop is not None else "proxy"
+        else:
+            chosen, picked_by = mixed_select.pick_measured(proxy, comparisons, swept, limit), "val"
+        bits = evaluator.bits(chosen.bits)
         module, epochs = mixed_export.fine_tune(s, bits, cfg, ctx.threads, ctx.progress)
         exported = mixed_export.export(s, module, bits, epochs, self.onnx, ctx, tmp)
         return MixedResult(
+            input=str(self.onnx),
             precision=precision.name,
             widths=list(precision.widths),
             activation_bits=precision.activation_bits,
-            ranking=mixed_select.RANKINGS[cfg.normalise],
+            ranking=ranking,
+            picked_by=picked_by,
             calibrator=s.ptq.calibrator,
             budget_bytes=limit,
             max_drop=cfg.max_drop,
@@ -108,6 +115,7 @@ class MixedStage:
             fp32=fp32,
             references=references,
             chosen=chosen,
+            proxy=proxy,
             searched=searched,
             sweep=swept,
             comparisons=comparisons,

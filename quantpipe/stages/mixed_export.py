@@ -15,9 +15,10 @@ from quantpipe.errors import CorruptArtifactError
 from quantpipe.evaluate.evaluate import SplitScores
 from quantpipe.mixed.packed_onnx import pack_qdq_weights, restore
 from quantpipe.pipeline.stage import StageContext
+from quantpipe.qat.config import EpochRecord
 from quantpipe.qat.distributed import World
 from quantpipe.qat.graph_module import OnnxGraphModule, QuantSpec
-from quantpipe.qat.train import EpochRecord, Trainer, TrainState
+from quantpipe.qat.train import Trainer, TrainState
 from quantpipe.quantize import QDQConfig
 from quantpipe.quantize.bits import BitWidths
 from quantpipe.stages.from_ptq import top1_agreement, write_weights

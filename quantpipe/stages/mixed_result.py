@@ -4,11 +4,13 @@ export and sizes, and the accuracy of each, with the data they were measured on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from quantpipe.artifacts import INT8_BUILDS, mp_label, onnx_label
 from quantpipe.data.selection import DataInfo
 from quantpipe.evaluate.evaluate import SplitScores
 from quantpipe.pipeline.results import JsonResult
-from quantpipe.qat.train import EpochRecord
+from quantpipe.qat.config import EpochRecord
 from quantpipe.stages.ptq_result import OrtCpuBuild
 
 
@@ -73,10 +75,12 @@ class ReferencePoint:
 
 @dataclass(frozen=True)
 class MixedResult(JsonResult):
+    input: str  # the float model ptq quantized
     precision: str  # 4MP-A8 ...
     widths: list[int]
     activation_bits: int
-    ranking: str  # "S" or "S/P": what the chosen allocation was ranked by
+    ranking: str  # "S" or "S/P": what the frontier was ranked by
+    picked_by: str  # "val": best measured on val; "proxy": the thesis's; "max-drop"
     calibrator: str
     budget_bytes: float | None  # None: chosen by --max-drop alone
     max_drop: float | None
@@ -86,7 +90,8 @@ class MixedResult(JsonResult):
     seconds_sensitivity: float
     fp32: SplitScores
     references: list[ReferencePoint]
-    chosen: ScoredAllocation  # before fine-tuning
+    chosen: ScoredAllocation  # the delivered allocation, before fine-tuning
+    proxy: ScoredAllocation  # the frontier's least-cost point within the budget (the thesis)
     searched: list[ScoredAllocation]  # the frontier points --max-drop evaluated
     sweep: list[ScoredAllocation]  # frontier points evenly spread in size, for the plot
     comparisons: list[Comparison]
@@ -103,11 +108,24 @@ class MixedResult(JsonResult):
     def drop(self) -> float:
         return self.fp32.test - self.mp.test
 
+    def artifact_bits(self) -> dict[str, str]:
+        """Mean weight bits of the mixed artifacts, by label (for the run summary)."""
+        mean = f"{self.chosen.mean_bits:.2f} mixed, A{self.activation_bits}"
+        return {mp_label(onnx_label(Path(self.input)), b): mean for b in INT8_BUILDS}
+
+    def _how(self) -> str:
+        if self.picked_by == "max-drop":
+            return f"smallest within {self.max_drop:g} points on val"
+        return {
+            "val": "best on val of the allocations measured",
+            "proxy": "the thesis's proxy",
+        }[self.picked_by]
+
     def lines(self) -> list[str]:
         d, c = self.data_test, self.chosen
         tuned = f", {len(self.qat_epochs)} QAT epochs" if self.qat_epochs else ""
         return [
-            f"mixed precision {self.precision} ({self.ranking}-ranked{tuned}): "
+            f"mixed precision {self.precision} ({c.name}, {self._how()}{tuned}): "
             f"{c.compression:.2f}× smaller weights than FP32 ({c.mean_bits:.2f} bits/weight), "
             f"test {self.mp.test:.2f} % vs FP32 {self.fp32.test:.2f} % "
             f"(drop {self.drop:+.2f}; {d.count:,} samples of {d.dataset} {d.split})",

@@ -20,7 +20,7 @@ from quantpipe.mixed.pareto import Layer
 from quantpipe.mixed.presets import Precision, parse_precision
 from quantpipe.mixed.sensitivity import SensitivityConfig
 from quantpipe.pipeline.manifest import Manifest
-from quantpipe.qat.train import QatTraining
+from quantpipe.qat.config import QatTraining
 from quantpipe.quantize import QDQConfig, plan_qdq
 from quantpipe.quantize.bits import BitWidths
 from quantpipe.quantize.graph import GraphIndex, with_unique_node_names
@@ -34,6 +34,7 @@ from quantpipe.stages.ptq_scoring import Quantizer, accuracy
 # The layers whose weights get a bit width: the multiply-accumulate ones.
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 FP32_BYTES = 4
+PICKS = ("measured", "proxy")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class MixedConfig:
     compression: float | None = None
     max_drop: float | None = None
     normalise: bool = False  # rank layers by S / P instead of the thesis's S
+    pick: str = "measured"  # deliver the best val among those measured, or the "proxy"'s
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     sensitivity_count: int = 128  # the calib batch the sensitivity is measured on
     randoms: int = 3
@@ -56,6 +58,8 @@ class MixedConfig:
 
     def __post_init__(self) -> None:
         self.precision()  # a bad preset or width fails here, before any work
+        if self.pick not in PICKS:
+            raise QuantpipeError(f"--pick {self.pick!r}: use one of {', '.join(PICKS)}")
         if self.budget_bytes is not None and self.compression is not None:
             raise QuantpipeError("give --budget or --compression, not both")
         for name, value in (("--budget", self.budget_bytes), ("--compression", self.compression)):
@@ -71,6 +75,32 @@ class MixedConfig:
 
     def precision(self) -> Precision:
         return parse_precision(self.preset, self.widths, self.activation_bits)
+
+    @staticmethod
+    def from_flags(
+        *,
+        trials: int = 4,
+        epsilon: float = SensitivityConfig.epsilon,
+        sensitivity_seed: int = 0,
+        qat_epochs: int = 0,
+        qat_lr: float | None = None,
+        qat_batch_size: int = 128,
+        qat_train_count: int | None = None,
+        **values: Any,
+    ) -> MixedConfig:
+        """From the CLI flags or a run config's [mixed] keys: the nested sensitivity and
+        QAT settings as flat keys (`trials`, `qat_epochs`, ...), the rest as they are."""
+        normalise = bool(values.get("normalise", False))
+        sensitivity = SensitivityConfig(trials, epsilon, sensitivity_seed, normalise)
+        qat = None
+        if qat_epochs:
+            qat = QatTraining(
+                epochs=qat_epochs, lr=qat_lr, batch_size=qat_batch_size,
+                train_count=qat_train_count,
+            )  # fmt: skip
+        if values.get("widths") is not None:
+            values["widths"] = tuple(values["widths"])
+        return MixedConfig(**values, sensitivity=sensitivity, qat=qat)
 
 
 @dataclass(frozen=True)
