@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from quantpipe.artifacts import BTC_ONNX, FP32_ONNX, INT8_BUILDS, int8_file
+from quantpipe.artifacts import BTC_ONNX, FP32_ONNX, INT8_BUILDS, int8_file, mp_file, qat_file
 from quantpipe.cli.output import report
 from quantpipe.cli.run_config import RunConfig, load_run_config
 from quantpipe.cli.summary import print_summary
@@ -20,7 +20,9 @@ from quantpipe.stages.common import DataRef, ModelRef
 from quantpipe.stages.engines import EnginesStage
 from quantpipe.stages.evaluate import EvalConfig, EvalStage
 from quantpipe.stages.export import ExportStage
+from quantpipe.stages.mixed import MixedStage
 from quantpipe.stages.ptq import PtqStage
+from quantpipe.stages.qat import QatStage
 from quantpipe.stages.report import ReportStage
 from quantpipe.stages.train import TrainStage
 
@@ -52,6 +54,12 @@ def planned_stages(run: RunDir, cfg: RunConfig) -> Iterator[Stage[Any]]:
     if "ptq" in cfg.stages:
         for source in _float_models(run, cfg):
             yield PtqStage(source, data, cfg.ptq)
+    # QAT and mixed precision start from the FP32 model's PTQ result.
+    fp32 = run.artifact(FP32_ONNX)
+    if "qat" in cfg.stages:
+        yield QatStage(fp32, data, cfg.qat)
+    if "mixed" in cfg.stages:
+        yield MixedStage(fp32, data, cfg.mixed)
     if "eval" in cfg.stages:
         for backend in cfg.eval.backends:
             ecfg = EvalConfig(backend, cfg.eval.split, cfg.eval.count)
@@ -77,4 +85,9 @@ def _onnx_models(run: RunDir, cfg: RunConfig) -> list[Path]:
     """Every ONNX model this run's stages produce, float ones first."""
     sources = _float_models(run, cfg)
     builds = INT8_BUILDS if "ptq" in cfg.stages else ()
-    return sources + [run.artifact(int8_file(s, b)) for s in sources for b in builds]
+    models = sources + [run.artifact(int8_file(s, b)) for s in sources for b in builds]
+    fp32 = run.artifact(FP32_ONNX)
+    for stage, file in (("qat", qat_file), ("mixed", mp_file)):
+        if stage in cfg.stages:
+            models += [run.artifact(file(fp32, b)) for b in INT8_BUILDS]
+    return models

@@ -16,11 +16,13 @@ from quantpipe.stages.btc import COMMON_KEYS, BtcConfig
 from quantpipe.stages.btc_modes import BTC_MODES, mode_from_flags
 from quantpipe.stages.engines import EnginesConfig
 from quantpipe.stages.export import ExportConfig
+from quantpipe.stages.mixed_session import MixedConfig
 from quantpipe.stages.ptq import PtqConfig
+from quantpipe.stages.qat import QatConfig
 from quantpipe.stages.report import ReportConfig
 from quantpipe.stages.training import TrainConfig
 
-STAGES = ("train", "export", "btc", "ptq", "eval", "engines", "bench", "report")
+STAGES = ("train", "export", "btc", "ptq", "qat", "mixed", "eval", "engines", "bench", "report")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     btc: BtcConfig = field(default_factory=BtcConfig)
     ptq: PtqConfig = field(default_factory=PtqConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
+    mixed: MixedConfig = field(default_factory=MixedConfig)
     eval: EvalPlan = field(default_factory=EvalPlan)
     engines: EnginesConfig = field(default_factory=EnginesConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
@@ -91,6 +95,8 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
         export=_section(ExportConfig, doc.get("export", {}), where, "[export]"),
         btc=_btc_section(_tuples(doc.get("btc", {})), where),
         ptq=_section(PtqConfig, _tuples(doc.get("ptq", {})), where, "[ptq]"),
+        qat=_flags(QatConfig.from_flags, doc.get("qat", {}), where, "[qat]"),
+        mixed=_flags(MixedConfig.from_flags, _tuples(doc.get("mixed", {})), where, "[mixed]"),
         eval=_section(EvalPlan, _tuples(doc.get("eval", {})), where, "[eval]"),
         engines=_section(EnginesConfig, _tuples(doc.get("engines", {})), where, "[engines]"),
         bench=_section(BenchConfig, _tuples(doc.get("bench", {})), where, "[bench]"),
@@ -106,6 +112,14 @@ def _section(cls: type, values: dict[str, Any], where: str, name: str) -> Any:
     _only(values, {f.name for f in fields(cls)}, where, name)
     try:
         return cls(**values)
+    except TypeError as e:
+        raise QuantpipeError(f"config {where}: {name}: {e}") from None
+
+
+def _flags(build: Any, values: dict[str, Any], where: str, name: str) -> Any:
+    """A section whose keys are a `from_flags` builder's keyword arguments."""
+    try:
+        return build(**values)
     except TypeError as e:
         raise QuantpipeError(f"config {where}: {name}: {e}") from None
 

@@ -24,7 +24,9 @@ from quantpipe.artifacts import (
     engine_file,
     fp16_file,
     int8_file,
+    mp_file,
     onnx_label,
+    qat_file,
 )
 from quantpipe.engines.backend import Backend, BatchProfile, BuildJob
 from quantpipe.engines.fp16 import Fp16Check
@@ -127,6 +129,7 @@ class EnginesStage:
                 int8 = run.artifact(int8_file(source, backend.int8_build))
                 if int8.is_file():
                     sources[int8.name] = int8
+            sources |= {p.name: p for p in _tuned_int8(run, backend).values()}
         return {**sources, **(self.data.inputs() if self.data else {})}
 
     def params(self) -> dict[str, Any]:
@@ -151,6 +154,10 @@ class EnginesStage:
                 variants = self._variants(ctx.run, source, fp16, backend, not_built)
                 for precision, model_file in variants.items():
                     built.append(self._build(ctx, backend, source, precision, model_file))
+        if "int8" in self.config.precisions:
+            for backend in backends:
+                for label, model_file in _tuned_int8(ctx.run, backend).items():
+                    built.append(self._build(ctx, backend, model_file, "int8", model_file, label))
         return EnginesResult(built, not_built, checks)
 
     def _backends(self) -> tuple[list[Backend], list[NotBuilt]]:
@@ -200,9 +207,16 @@ class EnginesStage:
         return out
 
     def _build(
-        self, ctx: StageContext, backend: Backend, source: Path, precision: str, model_file: Path
+        self,
+        ctx: StageContext,
+        backend: Backend,
+        source: Path,
+        precision: str,
+        model_file: Path,
+        model: str | None = None,
     ) -> BuiltEngine:
-        model = onnx_label(source)
+        """`model`: the engine's model label, when not the source's (`qat`, `mp`)."""
+        model = model or onnx_label(source)
         rel = engine_file(model, backend.name, precision, backend.engine_suffix)
         out = ctx.output(rel)
         cache = ctx.run.path / ENGINES_DIR / "cache"
@@ -257,6 +271,17 @@ def _json(data: dict[str, Any]) -> str:
     import json
 
     return json.dumps(data, indent=2) + "\n"
+
+
+def _tuned_int8(run: RunDir, backend: Backend) -> dict[str, Path]:
+    """The INT8 models of the FP32 model that qat and mixed wrote for this backend's
+    build (portable Q/DQ or ONNX Runtime CPU), by engine model label."""
+    fp32 = run.artifact(FP32_ONNX)
+    files = {
+        "qat": run.artifact(qat_file(fp32, backend.int8_build)),
+        "mp": run.artifact(mp_file(fp32, backend.int8_build)),
+    }
+    return {label: path for label, path in files.items() if path.is_file()}
 
 
 def _float_models(run: RunDir) -> list[Path]:

@@ -22,10 +22,12 @@ from quantpipe.artifacts import (
     BTC_ONNX,
     BTC_REPORT_MD,
     FP32_ONNX,
+    MIXED_REPORT_MD,
     REPORT_ACCURACY_PNG,
     REPORT_BTC_LAYERS_PNG,
     REPORT_LATENCY_PNG,
     REPORT_MD,
+    mixed_path,
 )
 from quantpipe.errors import QuantpipeError
 from quantpipe.evaluate.evaluate import Score
@@ -37,7 +39,9 @@ from quantpipe.report import tables
 from quantpipe.report.tables import BatchFigures, Row
 from quantpipe.stages.bench_result import BatchTiming, BenchResult, EngineBench
 from quantpipe.stages.btc_result import BtcResult
+from quantpipe.stages.mixed_result import MixedResult
 from quantpipe.stages.ptq_result import PtqResult
+from quantpipe.stages.qat import QatResult
 
 # The figures, beside report.md (relative links in it stay valid when the run is moved).
 
@@ -295,15 +299,30 @@ def _btc_section(src: _Sources) -> list[str]:
 
 
 def _qat(src: _Sources) -> list[str]:
-    """Quantization-aware training against PTQ. The `qat` stage does not exist yet: when it
-    does, read its record here as `_ptq` does."""
-    return []
+    """Per QAT record: fine-tuned against PTQ and FP32 on the same splits."""
+    lines = []
+    for record in _records(src.run, "qat"):
+        r = QatResult.from_json(record.results)
+        lines += [f"## QAT of `{Path(r.input).name}` (record `{record.name}`)", "", *r.lines(), ""]
+    return lines
 
 
 def _mixed(src: _Sources) -> list[str]:
-    """Mixed precision: per-layer sensitivity and the Pareto front (with a sensitivity
-    figure drawn in `_plots`). The `mixed` stage does not exist yet."""
-    return []
+    """Per mixed record: its headline and a link to its own report (tables and figures)."""
+    lines = []
+    for record in _records(src.run, "mixed"):
+        r = MixedResult.from_json(record.results)
+        report = mixed_path(Path(r.input), MIXED_REPORT_MD)
+        lines += [
+            f"## Mixed precision of `{Path(r.input).name}` (record `{record.name}`)",
+            "",
+            *r.lines(),
+            "",
+            f"Sensitivity, Pareto frontier, the same-size comparison and the thesis's tables: "
+            f"[{report}](../{report}).",
+            "",
+        ]
+    return lines
 
 
 def _figures_section(src: _Sources) -> list[str]:
