@@ -19,13 +19,9 @@ last two lines are the overhead (`overhead_bytes`): 40 bytes fixed, the metadata
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,13 +46,22 @@ from quantpipe.btc.table import (
     corrupt,
     parse_table,
 )
-from quantpipe.errors import CorruptArtifactError, QuantpipeError
-from quantpipe.pipeline.atomic import atomic_path
+from quantpipe.errors import QuantpipeError
+from quantpipe.pipeline.framed_file import (
+    PREAMBLE_BYTES,
+    Framing,
+    check_storable,
+    crc32,
+    read_framed,
+    write_framed,
+)
 
 MAGIC = b"QPBTC\0"
 VERSION = 1
-_PRE = struct.Struct("<6sHIIIQIII")
-PREAMBLE_BYTES = _PRE.size  # 40
+FRAMING = Framing(
+    MAGIC, VERSION, "BTC container", corrupt,
+    "Re-run the btc stage with this quantpipe, or use the quantpipe that wrote the file",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,17 +87,6 @@ class LoadedContainer:
     others: dict[str, np.ndarray]
     metadata: dict[str, Any]
     accounting: ContainerAccounting
-
-
-def _bytes_view(x: np.ndarray | bytes | memoryview) -> memoryview:
-    """Zero-copy byte view of a contiguous array or a bytes-like object."""
-    if isinstance(x, np.ndarray):
-        return np.ascontiguousarray(x).reshape(-1).view(np.uint8).data
-    return memoryview(x).cast("B")
-
-
-def _crc(x: np.ndarray | bytes | memoryview) -> int:
-    return zlib.crc32(_bytes_view(x)) & 0xFFFFFFFF
 
 
 def _btc_sections(enc: EncodedTensor) -> list[np.ndarray]:
@@ -125,7 +119,7 @@ def _entries_and_sections(
 ) -> tuple[list[Entry], list[np.ndarray]]:
     entries, sections = [], []
     for name, enc in encoded.items():
-        _check_storable(name, enc.shape)
+        check_storable(name, enc.shape, MAX_NDIM, 2**64 - 1)
         secs = _btc_sections(enc)
         entries.append(
             Entry(
@@ -133,7 +127,7 @@ def _entries_and_sections(
                 kind=KIND_BTC,
                 dtype=CODES[np.dtype("<f4")],
                 shape=enc.shape,
-                crcs=tuple(_crc(s) for s in secs),
+                crcs=tuple(crc32(s) for s in secs),
                 block_size=enc.block_size,
                 low_bits=enc.low_bits,
                 high_bits=enc.high_bits,
@@ -143,19 +137,11 @@ def _entries_and_sections(
         sections += secs
     for name, value in others.items():
         arr = _raw_array(name, value)
-        _check_storable(name, arr.shape)
+        check_storable(name, arr.shape, MAX_NDIM, 2**64 - 1)
         data = arr.reshape(-1).view(np.uint8)
-        entries.append(Entry(name, KIND_RAW, CODES[arr.dtype], arr.shape, (_crc(data),)))
+        entries.append(Entry(name, KIND_RAW, CODES[arr.dtype], arr.shape, (crc32(data),)))
         sections.append(data)
     return entries, sections
-
-
-def _check_storable(name: str, shape: tuple[int, ...]) -> None:
-    if len(name.encode("utf-8")) > 0xFFFF or len(shape) > MAX_NDIM:
-        raise QuantpipeError(
-            f"tensor {name[:80]!r} cannot be stored: names are limited to 65535 UTF-8 "
-            f"bytes and shapes to {MAX_NDIM} dimensions (got {len(shape)})"
-        )
 
 
 def write_container(
@@ -175,20 +161,9 @@ def write_container(
     clash = set(encoded) & set(other_tensors)
     if clash:
         raise QuantpipeError(f"tensors both coded and raw: {sorted(clash)[:5]}")
-    try:
-        meta = json.dumps(dict(metadata), allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as e:
-        raise QuantpipeError(f"container metadata is not JSON-serialisable: {e}") from None
     entries, sections = _entries_and_sections(encoded, other_tensors)
-    table = b"".join(e.pack() for e in entries)
-    data_len = sum(s.nbytes for s in sections)
-    fields = (len(entries), len(table), len(meta), data_len, _crc(table), _crc(meta))
-    head = _PRE.pack(MAGIC, VERSION, *fields, 0)[:-4]
-    parts: list[bytes | np.ndarray] = [head + struct.pack("<I", _crc(head)), table, meta]
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        for part in parts + sections:
-            f.write(_bytes_view(part))
-    return _accounting(entries, len(table), len(meta))
+    table_len, meta_len = write_framed(path, FRAMING, entries, sections, metadata)
+    return _accounting(entries, table_len, meta_len)
 
 
 def _accounting(entries: list[Entry], table_len: int, meta_len: int) -> ContainerAccounting:
@@ -210,50 +185,6 @@ def _accounting(entries: list[Entry], table_len: int, meta_len: int) -> Containe
         b_avg=payload / n if n else 0.0,
         b_eff=(payload + header) / n if n else 0.0,
     )
-
-
-def _check_preamble(buf: bytes, path: str) -> tuple[int, ...]:
-    """Magic, version, preamble CRC and exact file size; returns the preamble fields."""
-    if buf[:6] != MAGIC[: len(buf[:6])] or not buf:
-        raise corrupt(path, f"wrong magic {buf[:6]!r} (expected {MAGIC!r})")
-    if len(buf) >= 8:
-        (version,) = struct.unpack_from("<H", buf, 6)
-        if version != VERSION:
-            raise CorruptArtifactError(
-                f"{path}: BTC container format version {version}; this quantpipe reads "
-                f"version {VERSION}. Re-run the btc stage with this quantpipe, or use the "
-                "quantpipe that wrote the file"
-            )
-    if len(buf) < PREAMBLE_BYTES:
-        raise corrupt(
-            path, f"only {len(buf)} bytes, shorter than the {PREAMBLE_BYTES}-byte preamble"
-        )
-    fields = _PRE.unpack_from(buf)
-    if _crc(buf[: PREAMBLE_BYTES - 4]) != fields[-1]:
-        raise corrupt(path, "preamble CRC mismatch")
-    table_len, meta_len, data_len = fields[3:6]
-    expected = PREAMBLE_BYTES + table_len + meta_len + data_len
-    if len(buf) != expected:
-        raise corrupt(path, f"file has {len(buf)} bytes, its preamble says {expected}")
-    return fields
-
-
-def _section_views(entries: list[Entry], data: memoryview, path: str) -> list[list[np.ndarray]]:
-    """Split the data region per entry and section; check lengths and every CRC."""
-    lengths = [e.section_lengths() for e in entries]
-    if sum(sum(x) for x in lengths) != len(data):
-        raise corrupt(path, "the tensor table does not account for the data region")
-    out, pos = [], 0
-    for e, lens in zip(entries, lengths, strict=True):
-        secs = []
-        for i, (size, crc) in enumerate(zip(lens, e.crcs, strict=True)):
-            view = data[pos : pos + size]
-            if _crc(view) != crc:
-                raise corrupt(path, f"CRC mismatch in section {i} of tensor {e.name!r}")
-            secs.append(np.frombuffer(view, dtype=np.uint8))
-            pos += size
-        out.append(secs)
-    return out
 
 
 def _coded_tensor(e: Entry, secs: list[np.ndarray], path: str) -> EncodedTensor:
@@ -288,38 +219,15 @@ def load_container(path: str | os.PathLike[str]) -> LoadedContainer:
         QuantpipeError: the file cannot be read at all.
     """
     p = str(path)
-    try:
-        buf = Path(path).read_bytes()
-    except OSError as err:
-        raise QuantpipeError(f"cannot read BTC container {p}: {err.strerror or err}") from None
-    fields = _check_preamble(buf, p)
-    _, _, n_tensors, table_len, meta_len, _, table_crc, meta_crc, _ = fields
-    table = buf[PREAMBLE_BYTES : PREAMBLE_BYTES + table_len]
-    meta = buf[PREAMBLE_BYTES + table_len : PREAMBLE_BYTES + table_len + meta_len]
-    if _crc(table) != table_crc:
-        raise corrupt(p, "tensor table CRC mismatch")
-    if _crc(meta) != meta_crc:
-        raise corrupt(p, "metadata CRC mismatch")
-    metadata = _parse_metadata(meta, p)
-    entries = parse_table(table, n_tensors, p)
-    data = memoryview(buf)[PREAMBLE_BYTES + table_len + meta_len :]
+    framed = read_framed(path, FRAMING, parse_table)
     encoded, others = {}, {}
-    for ent, secs in zip(entries, _section_views(entries, data, p), strict=True):
+    for ent, secs in zip(framed.entries, framed.sections, strict=True):
         if ent.kind == KIND_BTC:
             encoded[ent.name] = _coded_tensor(ent, secs, p)
         else:
             others[ent.name] = _raw_tensor(ent, secs[0])
-    return LoadedContainer(encoded, others, metadata, _accounting(entries, table_len, meta_len))
-
-
-def _parse_metadata(meta: bytes, path: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(meta.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise corrupt(path, "metadata is not valid UTF-8 JSON") from None
-    if not isinstance(obj, dict):
-        raise corrupt(path, "metadata is not a JSON object")
-    return obj
+    accounting = _accounting(framed.entries, framed.table_len, framed.meta_len)
+    return LoadedContainer(encoded, others, framed.metadata, accounting)
 
 
 def read_container(

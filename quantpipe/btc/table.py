@@ -15,6 +15,7 @@ import numpy as np
 from quantpipe.btc.encoded import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, n_blocks_for
 from quantpipe.btc.packing import packed_len
 from quantpipe.errors import CorruptArtifactError
+from quantpipe.pipeline.framed_file import TableCursor, parse_entries
 
 KIND_BTC = 1
 KIND_RAW = 2
@@ -89,23 +90,6 @@ class Entry:
         return b"".join(parts)
 
 
-class _Cursor:
-    """Sequential reader over the table bytes; running short is corruption."""
-
-    def __init__(self, buf: bytes, path: str) -> None:
-        self.buf, self.pos, self.path = buf, 0, path
-
-    def take(self, st: struct.Struct) -> tuple[int, ...]:
-        return st.unpack(self.raw(st.size))
-
-    def raw(self, size: int) -> bytes:
-        if self.pos + size > len(self.buf):
-            raise corrupt(self.path, "the tensor table ends in the middle of an entry")
-        out = self.buf[self.pos : self.pos + size]
-        self.pos += size
-        return out
-
-
 def corrupt(path: str, what: str) -> CorruptArtifactError:
     """The one error for a damaged container: what is wrong, which file, what to do."""
     return CorruptArtifactError(
@@ -116,22 +100,11 @@ def corrupt(path: str, what: str) -> CorruptArtifactError:
 
 def parse_table(buf: bytes, n_tensors: int, path: str) -> list[Entry]:
     """Parse and validate `n_tensors` entries filling `buf` exactly."""
-    cur = _Cursor(buf, path)
-    entries = [_parse_entry(cur) for _ in range(n_tensors)]
-    if cur.pos != len(buf):
-        raise corrupt(path, f"{len(buf) - cur.pos} unexpected bytes after the tensor table")
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise corrupt(path, "the tensor table names a tensor twice")
-    return entries
+    return parse_entries(buf, n_tensors, path, corrupt, _parse_entry)
 
 
-def _parse_entry(cur: _Cursor) -> Entry:
-    (name_len,) = cur.take(_NAME_LEN)
-    try:
-        name = cur.raw(name_len).decode("utf-8")
-    except UnicodeDecodeError:
-        raise corrupt(cur.path, "a tensor name is not valid UTF-8") from None
+def _parse_entry(cur: TableCursor) -> Entry:
+    name = cur.name()
     kind, dtype, ndim = cur.take(_HEAD)
     if ndim > MAX_NDIM or dtype not in DTYPES or kind not in (KIND_BTC, KIND_RAW):
         raise corrupt(cur.path, f"tensor {name!r} has kind {kind}, dtype {dtype}, ndim {ndim}")

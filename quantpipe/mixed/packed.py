@@ -19,14 +19,11 @@ quantized tensor on top of `theoretical_bytes`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,15 +31,22 @@ import numpy as np
 from quantpipe.btc.packing import packed_len
 from quantpipe.errors import CorruptArtifactError, QuantpipeError
 from quantpipe.mixed.packed_tensor import QuantizedTensor, pack_signed, unpack_signed
-from quantpipe.pipeline.atomic import atomic_path
+from quantpipe.pipeline.framed_file import (
+    PREAMBLE_BYTES,
+    Framing,
+    TableCursor,
+    check_storable,
+    crc32,
+    parse_entries,
+    read_framed,
+    write_framed,
+)
 from quantpipe.quantize.bits import MAX_BITS, MIN_BITS
 
 MAGIC = b"QPMIX\0"
 VERSION = 1
 MAX_NDIM = 32
 KIND_QUANTIZED, KIND_RAW = 1, 2
-_PRE = struct.Struct("<6sHIIIQIII")
-PREAMBLE_BYTES = _PRE.size  # 40
 _NAME_LEN = struct.Struct("<H")
 _HEAD = struct.Struct("<BBBB")  # kind, bits, axis, ndim
 #: Fixed bytes of a table entry on top of its name and 4 bytes per dimension.
@@ -95,25 +99,6 @@ class _Entry:
         return _NAME_LEN.pack(len(name)) + name + head + dims + crcs
 
 
-def _bytes_view(x: np.ndarray | bytes | memoryview) -> memoryview:
-    if isinstance(x, np.ndarray):
-        return np.ascontiguousarray(x).reshape(-1).view(np.uint8).data
-    return memoryview(x).cast("B")
-
-
-def _crc(x: np.ndarray | bytes | memoryview) -> int:
-    return zlib.crc32(_bytes_view(x)) & 0xFFFFFFFF
-
-
-def _check_storable(name: str, shape: tuple[int, ...]) -> None:
-    too_big = len(shape) > MAX_NDIM or any(d > 0xFFFFFFFF for d in shape)
-    if len(name.encode("utf-8")) > 0xFFFF or too_big:
-        raise QuantpipeError(
-            f"tensor {name[:80]!r} cannot be stored: names are limited to 65535 UTF-8 bytes, "
-            f"shapes to {MAX_NDIM} dimensions of at most 2**32 - 1 (got {shape})"
-        )
-
-
 def _raw_array(name: str, value: Any) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind not in "biuf":
@@ -133,16 +118,16 @@ def _entries_and_sections(
             raise QuantpipeError(
                 f"quantized[{name!r}] is a {type(qt).__name__}, not a QuantizedTensor"
             )
-        _check_storable(name, qt.shape)
+        check_storable(name, qt.shape, MAX_NDIM, 0xFFFFFFFF)
         secs = [qt.scales.astype("<f4").view(np.uint8), pack_signed(qt.codes, qt.bits)]
-        crcs = tuple(_crc(s) for s in secs)
+        crcs = tuple(crc32(s) for s in secs)
         entries.append(_Entry(name, KIND_QUANTIZED, qt.bits, qt.axis, qt.shape, crcs))
         sections += secs
     for name, value in raw.items():
         arr = _raw_array(name, value)
-        _check_storable(name, arr.shape)
+        check_storable(name, arr.shape, MAX_NDIM, 0xFFFFFFFF)
         data = arr.reshape(-1).view(np.uint8)
-        entries.append(_Entry(name, KIND_RAW, 0, 0, arr.shape, (_crc(data),)))
+        entries.append(_Entry(name, KIND_RAW, 0, 0, arr.shape, (crc32(data),)))
         sections.append(data)
     return entries, sections
 
@@ -163,20 +148,9 @@ def write_packed(
     clash = set(quantized) & set(raw)
     if clash:
         raise QuantpipeError(f"tensors both quantized and raw: {sorted(clash)[:5]}")
-    try:
-        meta = json.dumps(dict(metadata), allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as e:
-        raise QuantpipeError(f"packed-file metadata is not JSON-serialisable: {e}") from None
     entries, sections = _entries_and_sections(quantized, raw)
-    table = b"".join(e.pack() for e in entries)
-    data_len = sum(s.nbytes for s in sections)
-    fields = (len(entries), len(table), len(meta), data_len, _crc(table), _crc(meta))
-    head = _PRE.pack(MAGIC, VERSION, *fields, 0)[:-4]
-    parts: list[bytes | np.ndarray] = [head + struct.pack("<I", _crc(head)), table, meta]
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        for part in parts + sections:
-            f.write(_bytes_view(part))
-    return _accounting(entries, len(table), len(meta))
+    table_len, meta_len = write_framed(path, FRAMING, entries, sections, metadata)
+    return _accounting(entries, table_len, meta_len)
 
 
 def _accounting(entries: list[_Entry], table_len: int, meta_len: int) -> PackedAccounting:
@@ -204,54 +178,14 @@ def corrupt(path: str, what: str) -> CorruptArtifactError:
     )
 
 
-def _check_preamble(buf: bytes, path: str) -> tuple[int, ...]:
-    """Magic, version, preamble CRC and exact file size; returns the preamble fields."""
-    if not buf or buf[:6] != MAGIC[: len(buf[:6])]:
-        raise corrupt(path, f"wrong magic {buf[:6]!r} (expected {MAGIC!r})")
-    if len(buf) >= 8:
-        (version,) = struct.unpack_from("<H", buf, 6)
-        if version != VERSION:
-            raise CorruptArtifactError(
-                f"{path}: packed-weights format version {version}; this quantpipe reads "
-                f"version {VERSION}. Rewrite the file with this quantpipe, or read it with "
-                "the quantpipe that wrote it"
-            )
-    if len(buf) < PREAMBLE_BYTES:
-        raise corrupt(
-            path, f"only {len(buf)} bytes, shorter than the {PREAMBLE_BYTES}-byte preamble"
-        )
-    fields = _PRE.unpack_from(buf)
-    if _crc(buf[: PREAMBLE_BYTES - 4]) != fields[-1]:
-        raise corrupt(path, "preamble CRC mismatch")
-    expected = PREAMBLE_BYTES + fields[3] + fields[4] + fields[5]  # table, meta, data
-    if len(buf) != expected:
-        raise corrupt(path, f"file has {len(buf)} bytes, its preamble says {expected}")
-    return fields
+FRAMING = Framing(
+    MAGIC, VERSION, "packed weights", corrupt,
+    "Rewrite the file with this quantpipe, or read it with the quantpipe that wrote it",
+)  # fmt: skip
 
 
-class _Cursor:
-    """Sequential reader over the table bytes; running short is corruption."""
-
-    def __init__(self, buf: bytes, path: str) -> None:
-        self.buf, self.pos, self.path = buf, 0, path
-
-    def take(self, fmt: str) -> tuple[int, ...]:
-        st = struct.Struct("<" + fmt)
-        return st.unpack(self.raw(st.size))
-
-    def raw(self, size: int) -> bytes:
-        if self.pos + size > len(self.buf):
-            raise corrupt(self.path, "the tensor table ends in the middle of an entry")
-        self.pos += size
-        return self.buf[self.pos - size : self.pos]
-
-
-def _parse_entry(cur: _Cursor) -> _Entry:
-    (name_len,) = cur.take("H")
-    try:
-        name = cur.raw(name_len).decode("utf-8")
-    except UnicodeDecodeError:
-        raise corrupt(cur.path, "a tensor name is not valid UTF-8") from None
+def _parse_entry(cur: TableCursor) -> _Entry:
+    name = cur.name()
     kind, bits, axis, ndim = cur.take("BBBB")
     if kind not in (KIND_QUANTIZED, KIND_RAW) or ndim > MAX_NDIM:
         raise corrupt(cur.path, f"tensor {name!r} has kind {kind}, ndim {ndim}")
@@ -267,31 +201,7 @@ def _parse_entry(cur: _Cursor) -> _Entry:
 
 
 def _parse_table(buf: bytes, n_tensors: int, path: str) -> list[_Entry]:
-    cur = _Cursor(buf, path)
-    entries = [_parse_entry(cur) for _ in range(n_tensors)]
-    if cur.pos != len(buf):
-        raise corrupt(path, f"{len(buf) - cur.pos} unexpected bytes after the tensor table")
-    if len({e.name for e in entries}) != len(entries):
-        raise corrupt(path, "the tensor table names a tensor twice")
-    return entries
-
-
-def _section_views(entries: list[_Entry], data: memoryview, path: str) -> list[list[np.ndarray]]:
-    """Split the data region per entry and section; check lengths and every CRC."""
-    lengths = [e.section_lengths() for e in entries]
-    if sum(sum(x) for x in lengths) != len(data):
-        raise corrupt(path, "the tensor table does not account for the data region")
-    out, pos = [], 0
-    for e, lens in zip(entries, lengths, strict=True):
-        secs = []
-        for i, (size, crc) in enumerate(zip(lens, e.crcs, strict=True)):
-            view = data[pos : pos + size]
-            if _crc(view) != crc:
-                raise corrupt(path, f"CRC mismatch in section {i} of tensor {e.name!r}")
-            secs.append(np.frombuffer(view, dtype=np.uint8))
-            pos += size
-        out.append(secs)
-    return out
+    return parse_entries(buf, n_tensors, path, corrupt, _parse_entry)
 
 
 def _quantized_tensor(e: _Entry, secs: list[np.ndarray], path: str) -> QuantizedTensor:
@@ -303,28 +213,6 @@ def _quantized_tensor(e: _Entry, secs: list[np.ndarray], path: str) -> Quantized
     except ValueError as err:
         raise corrupt(path, f"tensor {e.name!r}: {err}") from None
     return QuantizedTensor(codes, scales, e.bits, e.axis, name=e.name)
-
-
-def _parse_metadata(meta: bytes, path: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(meta.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise corrupt(path, "metadata is not valid UTF-8 JSON") from None
-    if not isinstance(obj, dict):
-        raise corrupt(path, "metadata is not a JSON object")
-    return obj
-
-
-def _read_head(buf: bytes, path: str) -> tuple[list[_Entry], dict[str, Any], int, int]:
-    """Preamble, table and metadata, verified: (entries, metadata, table_len, meta_len)."""
-    _, _, n_tensors, table_len, meta_len, _, table_crc, meta_crc, _ = _check_preamble(buf, path)
-    table = buf[PREAMBLE_BYTES : PREAMBLE_BYTES + table_len]
-    meta = buf[PREAMBLE_BYTES + table_len : PREAMBLE_BYTES + table_len + meta_len]
-    if _crc(table) != table_crc:
-        raise corrupt(path, "tensor table CRC mismatch")
-    if _crc(meta) != meta_crc:
-        raise corrupt(path, "metadata CRC mismatch")
-    return _parse_table(table, n_tensors, path), _parse_metadata(meta, path), table_len, meta_len
 
 
 def read_packed(
@@ -340,16 +228,12 @@ def read_packed(
         QuantpipeError: the file cannot be read at all.
     """
     p = str(path)
-    try:
-        buf = Path(path).read_bytes()
-    except OSError as err:
-        raise QuantpipeError(f"cannot read packed weights {p}: {err.strerror or err}") from None
-    entries, metadata, table_len, meta_len = _read_head(buf, p)
-    data = memoryview(buf)[PREAMBLE_BYTES + table_len + meta_len :]
+    framed = read_framed(path, FRAMING, _parse_table)
     quantized, raw = {}, {}
-    for e, secs in zip(entries, _section_views(entries, data, p), strict=True):
+    for e, secs in zip(framed.entries, framed.sections, strict=True):
         if e.kind == KIND_QUANTIZED:
             quantized[e.name] = _quantized_tensor(e, secs, p)
         else:
             raw[e.name] = secs[0].view("<f4").astype(np.float32).reshape(e.shape)
-    return quantized, raw, metadata, _accounting(entries, table_len, meta_len)
+    accounting = _accounting(framed.entries, framed.table_len, framed.meta_len)
+    return quantized, raw, framed.metadata, accounting
