@@ -78,7 +78,8 @@ def agree(w: World, decision: int | None = None) -> int:
     import torch
     import torch.distributed as dist
 
-    value = torch.tensor([decision if w.is_main and decision is not None else -1])
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL moves GPU tensors only
+    value = torch.tensor([decision if w.is_main and decision is not None else -1], device=device)
     dist.broadcast(value, src=0)
     return int(value.item())
 

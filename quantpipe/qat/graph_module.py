@@ -52,7 +52,6 @@ class OnnxGraphModule(torch.nn.Module):
         self.inputs = [i.name for i in self.graph.input if not _is_initializer(self.graph, i.name)]
         self.outputs = [o.name for o in self.graph.output]
         self.weights = torch.nn.ParameterDict()
-        self.constants: dict[str, torch.Tensor] = {}
         self._load_initializers()
         self._attrs = {n.name: _attributes(n) for n in self.graph.node}
         self._check_ops()
@@ -107,7 +106,7 @@ class OnnxGraphModule(torch.nn.Module):
 
     def _initializer(self, name: str) -> torch.Tensor:
         key = _safe(name)
-        return self.weights[key] if key in self.weights else self.constants[name]
+        return self.weights[key] if key in self.weights else self.get_buffer(_constant(name))
 
     def _load_initializers(self) -> None:
         for init in self.graph.initializer:
@@ -115,7 +114,9 @@ class OnnxGraphModule(torch.nn.Module):
             if value.is_floating_point():
                 self.weights[_safe(init.name)] = torch.nn.Parameter(value)
             else:
-                self.constants[init.name] = value
+                # Integer constants (shapes, axes) as buffers, so that .to(device) moves
+                # them; not persistent: checkpoints hold what training changes.
+                self.register_buffer(_constant(init.name), value, persistent=False)
         for node in self.graph.node:
             if node.op_type == "Constant":
                 raise QuantpipeError(
@@ -162,6 +163,10 @@ def _is_initializer(graph: onnx.GraphProto, name: str) -> bool:
 def _safe(name: str) -> str:
     """ParameterDict keys may not contain dots."""
     return name.replace(".", "\x1f")
+
+
+def _constant(name: str) -> str:
+    return "constant\x1f" + _safe(name)
 
 
 def _onnx_name(key: str) -> str:

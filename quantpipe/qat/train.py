@@ -53,7 +53,9 @@ class Trainer:
             classes,
             world,
         )
-        self.model: torch.nn.Module = _parallel(module, world)
+        self.device = _device(world)
+        module.to(self.device)
+        self.model: torch.nn.Module = _parallel(module, world, self.device)
         lr = cfg.learning_rate(task)
         params = _param_groups(module, lr)
         self.opt: torch.optim.Optimizer = (
@@ -115,7 +117,8 @@ class Trainer:
         self.model.train()
         for i in track(range(steps), desc, progress and self.world.is_main, unit="step"):
             idx = shard(perm[i * batch : (i + 1) * batch], self.world)
-            loss = F.cross_entropy(self.model(x[idx]), y[idx], ignore_index=IGNORE_INDEX)
+            xb, yb = x[idx].to(self.device), y[idx].to(self.device)
+            loss = F.cross_entropy(self.model(xb), yb, ignore_index=IGNORE_INDEX)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -129,15 +132,18 @@ class Trainer:
             return value
         import torch.distributed as dist
 
-        total = torch.tensor([value], dtype=torch.float64)
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
         return float(total.item()) / self.world.size
 
     def validate(self, val: Selection) -> float:
         """The headline metric on `val` with fake quantization (every rank computes it, so
         every rank's learning-rate schedule steps alike)."""
-        with TorchRunner(self.module) as runner:
-            return evaluate(runner, val, EvalSetup(self.task, self.classes, progress=False)).value
+        setup = EvalSetup(self.task, self.classes, progress=False)
+        with TorchRunner(self.module, self.device.type) as runner:
+            score = evaluate(runner, val, setup).value
+        self.module.to(self.device)  # the runner may have moved it back to the CPU
+        return score
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -195,12 +201,21 @@ def _arrays(train: Selection) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
 
-def _parallel(module: torch.nn.Module, world: World) -> torch.nn.Module:
+def _device(world: World) -> torch.device:
+    """This process's GPU (torchrun's LOCAL_RANK) when CUDA is there, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
+
+
+def _parallel(module: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel under torchrun: it averages the gradients of all ranks."""
     if not world.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    if device.type == "cuda":
+        return DistributedDataParallel(module, device_ids=[device.index])
     return DistributedDataParallel(module)
 
 

@@ -65,6 +65,7 @@ class QatResult(JsonResult):
     kept_epoch: int  # the epoch whose weights were exported; 0: ptq's starting point
     data_test: DataInfo
     truth: str = "labels"
+    device: str = "cpu"  # where it trained (per process: cuda:LOCAL_RANK under torchrun)
 
     def artifact_bits(self) -> dict[str, str]:
         """Weight bits of the QAT artifacts, by label (for the run summary)."""
@@ -73,7 +74,8 @@ class QatResult(JsonResult):
 
     def lines(self) -> list[str]:
         last = self.epochs[-1] if self.epochs else None
-        trained = f"{len(self.epochs)} epochs" + (f", last loss {last.loss:.4f}" if last else "")
+        n = len(self.epochs)
+        trained = f"{n} epoch{'s' * (n != 1)}" + (f", last loss {last.loss:.4f}" if last else "")
         kept = (
             f"kept epoch {self.kept_epoch}"
             if self.kept_epoch
@@ -81,7 +83,7 @@ class QatResult(JsonResult):
         )
         d = self.data_test
         return [
-            f"QAT ({trained}, {kept}, {self.processes} process(es)): "
+            f"QAT ({trained}, {kept}, {self.processes} process(es) on {self.device}): "
             f"test {self.qat.test:.2f} % vs PTQ {self.ptq.test:.2f} % vs FP32 "
             f"{self.fp32.test:.2f} % ({d.count:,} samples of {d.dataset} {d.split}); "
             f"ONNX Runtime CPU build {self.ort_cpu.test:.2f} %",
@@ -128,7 +130,7 @@ class QatStage:
 
         job = self.job(ctx.run.path)
         session = qat_session.prepare(job, ctx.run.path, ctx.threads)
-        start, trained = qat_session.train(job, session, ctx.progress)
+        start, trained, device = qat_session.train(job, session, ctx.progress)
         with tempfile.TemporaryDirectory(dir=ctx.run.path) as tmp:
             exported = qat_session.export(job, session, ctx, Path(tmp))
         return QatResult(
@@ -137,6 +139,7 @@ class QatStage:
             epochs=trained.history,
             resumed_from_epoch=start,
             processes=self.world.size,
+            device=device,
             fp32=exported.fp32,
             ptq=exported.ptq,
             qat=exported.qat,

@@ -94,9 +94,9 @@ def prepare(job: QatJob, run_path: Path, threads: int) -> Session:
     return Session(model, ptq, exclude, amax, key, module, contract, train, val, test)
 
 
-def train(job: QatJob, s: Session, progress: bool) -> tuple[int, TrainState]:
+def train(job: QatJob, s: Session, progress: bool) -> tuple[int, TrainState, str]:
     """Fine-tune (resuming from the checkpoint when asked); (the epoch it started from, the
-    final state)."""
+    final state, the device it trained on)."""
     task, classes = s.contract.task, s.contract.num_classes
     trainer = Trainer(s.module, job.training, task, classes, job.world)
     fingerprint = sha256_json(
@@ -105,7 +105,7 @@ def train(job: QatJob, s: Session, progress: bool) -> tuple[int, TrainState]:
     state = load_checkpoint(job.checkpoint, fingerprint, trainer) if job.resume else TrainState()
     start = state.epoch
     save = partial(save_checkpoint, job.checkpoint, fingerprint)
-    return start, trainer.fit(s.train, s.val, state, save, progress)
+    return start, trainer.fit(s.train, s.val, state, save, progress), str(trainer.device)
 
 
 def export(job: QatJob, s: Session, ctx: StageContext, tmp: Path) -> Exported:
