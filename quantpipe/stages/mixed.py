@@ -2,9 +2,11 @@
 
 From the PTQ result of the run (its Q/DQ placement and kept activation ranges): measure
 each Conv/Gemm layer's sensitivity on a calib batch, build the Pareto frontier of bit
-allocations, choose one by budget (or by measured val accuracy with --max-drop), compare it
-at equal sizes with uniform and random allocations, optionally fine-tune it (QAT at its
-widths), and export `model.mp.qdq.onnx`, its ONNX Runtime CPU build and its weights packed
+allocations, take the thesis's least-cost point within the budget (or, with --max-drop, the
+smallest within D points on val), measure it at equal sizes against S/P, uniform and random
+allocations, deliver the best measured on val within the budget (--pick measured, the
+default) or the thesis's point (--pick proxy), optionally fine-tune it (QAT at its widths),
+and export `model.mp.qdq.onnx`, its ONNX Runtime CPU build and its weights packed
 at their widths (`model.mp.qpmix`), with `mixed/report.md` and its plots.
 """
 
