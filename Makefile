@@ -17,7 +17,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines bench-run report bench bench-btc bench-ptq bench-engines bench-pareto models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-engines bench-pareto models datasets backends clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,10 @@ mixed: setup
 
 engines: setup
 	$(QP) engines $(if $(RUN),--run $(RUN)) $(if $(DATA),--data $(DATA)) $(EXTRA)
+
+# A Triton model repository of the run's engines: runs/NAME/triton (and OUT=DIR, a copy).
+triton: setup
+	$(QP) triton $(if $(RUN),--run $(RUN)) $(if $(OUT),--out $(OUT)) $(EXTRA)
 
 # The bench stage of a run (make bench runs the benchmark scripts below).
 bench-run: setup

@@ -31,12 +31,15 @@ COMMANDS = {
     "engines": "quantpipe.cli.stage_commands:cmd_engines",
     "bench": "quantpipe.cli.stage_commands:cmd_bench",
     "report": "quantpipe.cli.stage_commands:cmd_report",
+    "triton": "quantpipe.cli.triton_command:cmd_triton",
     "compare": "quantpipe.cli.compare_command:cmd_compare",
     "inspect": "quantpipe.cli.inspect_command:cmd_inspect",
     "run": "quantpipe.cli.run_command:cmd_run",
 }
 # Libraries a command may need that a slim (e.g. serving-only) install can lack.
-_OPTIONAL_STACK = ("torch", "torchvision", "matplotlib", "onnxruntime", "onnxslim", "sklearn")
+_OPTIONAL_STACK = (
+    "torch", "torchvision", "matplotlib", "onnxruntime", "onnxslim", "sklearn", "tritonclient",
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

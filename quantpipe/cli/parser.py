@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _mixed_parser(sub)
     _engine_parsers(sub)
     _report_parser(sub)
+    _triton_parser(sub)
     inspect = sub.add_parser(
         "inspect", help="what an engine, ONNX model or BTC container holds, and its checks"
     )
@@ -277,6 +278,30 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
         default=(),
         help="batch sizes whose latency the table shows (default: the bench's smallest and "
         "largest)",
+    )
+    _add_run_options(p)
+
+
+def _triton_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("triton", help="a Triton model repository of the run's engines (triton/)")
+    p.add_argument("--out", help="also copy the repository to this directory")
+    p.add_argument(
+        "--select",
+        type=_csv(str),
+        default=(),
+        help="engine file-name patterns, e.g. '*.int8.*' (default: every engine Triton serves)",
+    )
+    p.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=100,
+        help="how long Triton may hold a request to fill a batch (default 100 µs)",
+    )
+    p.add_argument(
+        "--preferred-batch-sizes",
+        type=_csv(int),
+        help="dynamic batching's preferred sizes (default: the profile's opt and max)",
     )
     _add_run_options(p)
 

@@ -25,6 +25,7 @@ from quantpipe.stages.ptq import PtqStage
 from quantpipe.stages.qat import QatStage
 from quantpipe.stages.report import ReportStage
 from quantpipe.stages.train import TrainStage
+from quantpipe.stages.triton import TritonStage
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -70,6 +71,8 @@ def planned_stages(run: RunDir, cfg: RunConfig) -> Iterator[Stage[Any]]:
                 yield EvalStage(data, artifact, model, ecfg)
     if "engines" in cfg.stages:
         yield EnginesStage(data, cfg.engines)
+    if "triton" in cfg.stages:
+        yield TritonStage(cfg.triton)
     if "bench" in cfg.stages:
         yield BenchStage(data, cfg.bench, model=model)
     if "report" in cfg.stages:

@@ -21,8 +21,12 @@ from quantpipe.stages.ptq import PtqConfig
 from quantpipe.stages.qat import QatConfig
 from quantpipe.stages.report import ReportConfig
 from quantpipe.stages.training import TrainConfig
+from quantpipe.stages.triton import TritonConfig
 
-STAGES = ("train", "export", "btc", "ptq", "qat", "mixed", "eval", "engines", "bench", "report")
+STAGES = (
+    "train", "export", "btc", "ptq", "qat", "mixed", "eval", "engines", "triton", "bench",
+    "report",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class RunConfig:
     mixed: MixedConfig = field(default_factory=MixedConfig)
     eval: EvalPlan = field(default_factory=EvalPlan)
     engines: EnginesConfig = field(default_factory=EnginesConfig)
+    triton: TritonConfig = field(default_factory=TritonConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -99,6 +104,7 @@ def _build(doc: dict[str, Any], where: str) -> RunConfig:
         mixed=_flags(MixedConfig.from_flags, _tuples(doc.get("mixed", {})), where, "[mixed]"),
         eval=_section(EvalPlan, _tuples(doc.get("eval", {})), where, "[eval]"),
         engines=_section(EnginesConfig, _tuples(doc.get("engines", {})), where, "[engines]"),
+        triton=_flags(TritonConfig.from_flags, _tuples(doc.get("triton", {})), where, "[triton]"),
         bench=_section(BenchConfig, _tuples(doc.get("bench", {})), where, "[bench]"),
         report=_section(ReportConfig, _tuples(doc.get("report", {})), where, "[report]"),
     )

@@ -67,8 +67,9 @@ def meta_path(engine: Path) -> Path:
     return engine.with_suffix(".json")
 
 
-def load_engine(engine: Path) -> EngineMeta:
-    """The metadata of `engine`, after checking the file and this host match it."""
+def load_engine(engine: Path, *, on_this_host: bool = True) -> EngineMeta:
+    """The metadata of `engine`, after checking the file and (`on_this_host`: to run it
+    here, not to package it for another host) this host match it."""
     if not engine.is_file():
         raise QuantpipeError(f"engine not found: {engine} (build it with `quantpipe engines`)")
     path = meta_path(engine)
@@ -82,7 +83,7 @@ def load_engine(engine: Path) -> EngineMeta:
     except ValueError as e:
         raise CorruptArtifactError(f"{path} is not valid engine metadata ({e})") from None
     _check_file(engine, meta)
-    if meta.runtime in MACHINE_SPECIFIC:
+    if on_this_host and meta.runtime in MACHINE_SPECIFIC:
         _check_host(engine, meta)
     return meta
 

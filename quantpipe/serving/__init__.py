@@ -1,0 +1,1 @@
+"""Serving: Triton model repositories (and, next, the server and its images)."""

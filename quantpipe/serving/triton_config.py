@@ -1,0 +1,153 @@
+"""Triton Inference Server model configurations (`config.pbtxt`) from engine metadata.
+
+The configuration is built as Triton's own protobuf message (`ModelConfig`, shipped in
+`tritonclient.grpc.model_config_pb2`) and written with protobuf's text format, so every
+field name and enum is checked by the message, not by string templates. What maps to what:
+
+- the engine's runtime → `platform`: `tensorrt_plan` (a `.plan` file) or
+  `onnxruntime_onnx` (a `.onnx` file); ONNX Runtime's TensorRT provider is the ONNX
+  platform with Triton's `tensorrt` GPU execution accelerator;
+- the batch profile → `max_batch_size` (the profile's max) when the first dimension of
+  every input and output is the dynamic batch, and then `dims` leave it out; otherwise
+  `max_batch_size: 0` and full shapes. Other symbolic dimensions are -1;
+- dynamic batching with preferred sizes inside the profile (default: its opt and max);
+- one instance group: CPU for the CPU backends, GPU for the CUDA and TensorRT ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from quantpipe.engines.metadata import EngineMeta, TensorInfo
+from quantpipe.errors import QuantpipeError
+
+
+@dataclass(frozen=True)
+class Platform:
+    """How Triton serves one backend's engines."""
+
+    name: str  # Triton's platform
+    file: str  # the model file's name in the version directory
+    device: str  # cpu or gpu
+
+
+# Backends Triton serves natively.
+PLATFORMS = {
+    "onnxruntime-cpu": Platform("onnxruntime_onnx", "model.onnx", "cpu"),
+    "onnxruntime-cuda": Platform("onnxruntime_onnx", "model.onnx", "gpu"),
+    "onnxruntime-tensorrt": Platform("onnxruntime_onnx", "model.onnx", "gpu"),
+    "tensorrt": Platform("tensorrt_plan", "model.plan", "gpu"),
+}
+BATCH_DIM = "batch"  # the name quantpipe's exporter gives the dynamic batch dimension
+_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "float64": "TYPE_FP64",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "bool": "TYPE_BOOL",
+}
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How Triton batches and places one model."""
+
+    instances: int = 1  # model instances per device
+    max_queue_delay_us: int = 100  # how long Triton may hold a request to fill a batch
+    preferred_batch_sizes: tuple[int, ...] | None = None  # default: the profile's opt, max
+
+    def __post_init__(self) -> None:
+        if self.instances < 1 or self.max_queue_delay_us < 0:
+            raise QuantpipeError(
+                f"--instances must be ≥ 1 and --max-queue-delay-us ≥ 0, got {self.instances}, "
+                f"{self.max_queue_delay_us}"
+            )
+        if self.preferred_batch_sizes is not None and min(self.preferred_batch_sizes) < 1:
+            raise QuantpipeError(
+                f"--preferred-batch-sizes must be positive, got {self.preferred_batch_sizes}"
+            )
+
+
+def platform(meta: EngineMeta) -> Platform:
+    if meta.backend not in PLATFORMS:
+        raise QuantpipeError(
+            f"engine {meta.engine} ({meta.backend}) has no Triton backend: Triton serves "
+            f"{', '.join(PLATFORMS)} engines"
+        )
+    return PLATFORMS[meta.backend]
+
+
+def model_config(name: str, meta: EngineMeta, options: ServingOptions) -> Any:
+    """The `ModelConfig` message serving the engine described by `meta` as model `name`."""
+    mc, served = _pb2(), platform(meta)
+    batched = all(_batched(t) for t in [*meta.inputs, *meta.outputs])
+    config = mc.ModelConfig(
+        name=name, platform=served.name, max_batch_size=meta.profile.max if batched else 0
+    )
+    for info, field in ((meta.inputs, config.input), (meta.outputs, config.output)):
+        for t in info:
+            field.add(name=t.name, data_type=_data_type(mc, t), dims=_dims(t, batched))
+    if batched:
+        sizes = options.preferred_batch_sizes or (meta.profile.opt, meta.profile.max)
+        outside = [b for b in sizes if not meta.profile.admits(b)]
+        if outside:
+            raise QuantpipeError(
+                f"preferred batch sizes {outside} lie outside engine {meta.engine}'s profile "
+                f"{meta.profile.min}..{meta.profile.max}: choose sizes inside it"
+            )
+        config.dynamic_batching.preferred_batch_size.extend(sorted(set(sizes)))
+        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    group = mc.ModelInstanceGroup
+    kind = group.KIND_GPU if served.device == "gpu" else group.KIND_CPU
+    config.instance_group.add(count=options.instances, kind=kind)
+    if meta.backend == "onnxruntime-tensorrt":
+        accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
+        accel.name = "tensorrt"
+        accel.parameters["precision_mode"] = "FP16" if meta.precision == "fp16" else "FP32"
+    return config
+
+
+def to_text(config: Any) -> str:
+    from google.protobuf import text_format
+
+    return str(text_format.MessageToString(config))
+
+
+def parse_config(text: str, where: str = "config.pbtxt") -> Any:
+    """A `config.pbtxt` parsed into the `ModelConfig` message (a clear error if it is not)."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(text, _pb2().ModelConfig())
+    except text_format.ParseError as e:
+        raise QuantpipeError(f"{where} is not a Triton model configuration: {e}") from None
+
+
+def _pb2() -> Any:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def _batched(t: TensorInfo) -> bool:
+    return bool(t.shape) and t.shape[0] == BATCH_DIM
+
+
+def _dims(t: TensorInfo, batched: bool) -> Sequence[int]:
+    shape = t.shape[1:] if batched else t.shape
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def _data_type(mc: Any, t: TensorInfo) -> int:
+    if t.dtype not in _DTYPES:
+        raise QuantpipeError(
+            f"tensor {t.name} has dtype {t.dtype}, which this Triton configuration does not "
+            f"map: one of {', '.join(_DTYPES)}"
+        )
+    return int(mc.DataType.Value(_DTYPES[t.dtype]))

@@ -1,0 +1,138 @@
+"""`triton`: the run's engines as a Triton Inference Server model repository.
+
+For each selected engine of the `engines` stage that Triton serves natively (ONNX Runtime
+and TensorRT engines), `triton/<model>/config.pbtxt` (see `serving/triton_config.py`) and
+`triton/<model>/1/model.onnx` or `model.plan`, the engine's bytes checked against its
+metadata. The repository is written inside the run like every stage's outputs (complete or
+absent); `quantpipe triton --out DIR` then copies it where a server reads it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from quantpipe.artifacts import TRITON_DIR
+from quantpipe.engines.metadata import EngineMeta, load_engine, meta_path
+from quantpipe.errors import QuantpipeError
+from quantpipe.pipeline.results import JsonResult
+from quantpipe.pipeline.rundir import RunDir
+from quantpipe.pipeline.stage import StageContext
+from quantpipe.serving.triton_config import PLATFORMS, ServingOptions
+from quantpipe.stages.engines import EnginesResult
+
+VERSION = "1"  # each model's one version directory
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    select: tuple[str, ...] = ()  # engine file-name patterns (fnmatch); none: every servable
+    serving: ServingOptions = field(default_factory=ServingOptions)
+
+    @staticmethod
+    def from_flags(select: tuple[str, ...] = (), **serving: Any) -> TritonConfig:
+        """From a run config's [triton] keys: `select` and ServingOptions' fields."""
+        return TritonConfig(tuple(select), ServingOptions(**serving))
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    name: str
+    engine: str
+    platform: str
+    max_batch_size: int
+    device: str  # cpu or gpu
+    file: str  # the model file, relative to the run
+
+
+@dataclass(frozen=True)
+class Skipped:
+    engine: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TritonResult(JsonResult):
+    repository: str  # relative to the run
+    models: list[TritonModel]
+    skipped: list[Skipped]
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"{self.repository}/{m.name}: {m.platform} on {m.device}, max batch "
+            f"{m.max_batch_size}, from {m.engine}"
+            for m in self.models
+        ]
+        lines += [f"not in the repository: {s.engine}: {s.reason}" for s in self.skipped]
+        return lines
+
+
+@dataclass(frozen=True)
+class TritonStage:
+    config: TritonConfig = field(default_factory=TritonConfig)
+    kind: ClassVar[str] = "triton"
+    name: ClassVar[str] = kind
+    result_type: ClassVar[type[TritonResult]] = TritonResult
+
+    def inputs(self, run: RunDir) -> dict[str, Path]:
+        files = {}
+        for engine in self._selected(run):
+            files[f"engine {engine.name}"] = engine
+            files[f"metadata {engine.name}"] = meta_path(engine)
+        return files
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def run(self, ctx: StageContext) -> TritonResult:
+        from quantpipe.serving.triton_config import model_config, to_text
+
+        models, skipped = [], []
+        for engine in self._selected(ctx.run):
+            meta = load_engine(engine, on_this_host=False)  # packaged here, served elsewhere
+            served = PLATFORMS.get(meta.backend)
+            if served is None:
+                skipped.append(Skipped(engine.name, f"{meta.backend} has no Triton backend"))
+                continue
+            name = model_name(meta)
+            config = model_config(name, meta, self.config.serving)
+            ctx.output(f"{TRITON_DIR}/{name}/config.pbtxt").write_text(to_text(config))
+            rel = f"{TRITON_DIR}/{name}/{VERSION}/{served.file}"
+            ctx.output(rel).write_bytes(engine.read_bytes())
+            models.append(
+                TritonModel(
+                    name, engine.name, served.name, config.max_batch_size, served.device, rel
+                )
+            )
+        if not models:
+            raise QuantpipeError(
+                f"none of the selected engines can be served by Triton ({len(skipped)} skipped): "
+                "build ONNX Runtime or TensorRT engines with `quantpipe engines`"
+            )
+        return TritonResult(TRITON_DIR, models, skipped)
+
+    def _selected(self, run: RunDir) -> list[Path]:
+        record = run.manifest.stages.get("engines")
+        if record is None:
+            raise QuantpipeError(
+                f"run {run.path} has no engines to serve: run `quantpipe engines` first"
+            )
+        engines = [run.artifact(e.file) for e in EnginesResult.from_json(record.results).engines]
+        if not self.config.select:
+            return engines
+        chosen = [e for e in engines if any(fnmatch.fnmatch(e.name, p) for p in self.config.select)]
+        if not chosen:
+            names = ", ".join(e.name for e in engines)
+            raise QuantpipeError(
+                f"--select {','.join(self.config.select)} matches none of the run's engines "
+                f"({names})"
+            )
+        return chosen
+
+
+def model_name(meta: EngineMeta) -> str:
+    """`fp32.onnxruntime-cpu.int8.onnx` → `fp32_onnxruntime-cpu_int8` (no dots, which some
+    clients and URLs treat specially)."""
+    return Path(meta.engine).stem.replace(".", "_")
