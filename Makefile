@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 QP := $(BIN)/quantpipe
 STAMP := $(VENV)/.installed-stamp
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed-stamp
 
 # Stage variables: make export MODEL=cifar10-resnet20 WEIGHTS=path DATA=cifar10:path
 MODEL ?= fmnist-cnn
@@ -17,15 +19,23 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-engines bench-pareto models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-engines bench-pareto bench-serve models datasets backends clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(SERVE_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	scripts/install-fashion-mnist.sh
+	touch $@
+
+# The serving environment: Triton (nvidia-pytriton) needs numpy < 2, the pipeline numpy 2.
+$(SERVE_STAMP): pyproject.toml requirements-serve.txt
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/pip install -q -r requirements-serve.txt
+	$(SERVE_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 demo: setup
@@ -99,6 +109,12 @@ bench-engines: setup
 	mkdir -p bench-results
 	$(BIN)/python tests/bench/bench_engines.py --workdir $(RUNS_DIR)/bench-engines \
 		--out bench-results/bench-engines.json
+
+# Triton under load (1, 8, 32 clients, 30 s each) on the demo run's FP32 and INT8 engines;
+# run `make demo` first. Also writes runs/demo/bench/serve.json for `quantpipe report`.
+bench-serve: setup
+	mkdir -p bench-results
+	$(BIN)/python tests/bench/bench_serve.py --run $(RUNS_DIR)/demo --out bench-results/bench-serve.json
 
 bench-pareto: setup
 	mkdir -p bench-results

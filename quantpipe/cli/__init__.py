@@ -32,6 +32,7 @@ COMMANDS = {
     "bench": "quantpipe.cli.stage_commands:cmd_bench",
     "report": "quantpipe.cli.stage_commands:cmd_report",
     "triton": "quantpipe.cli.triton_command:cmd_triton",
+    "serve": "quantpipe.cli.serve_command:cmd_serve",
     "compare": "quantpipe.cli.compare_command:cmd_compare",
     "inspect": "quantpipe.cli.inspect_command:cmd_inspect",
     "run": "quantpipe.cli.run_command:cmd_run",

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_parsers(sub)
     _report_parser(sub)
     _triton_parser(sub)
+    _serve_parser(sub)
     inspect = sub.add_parser(
         "inspect", help="what an engine, ONNX model or BTC container holds, and its checks"
     )
@@ -304,6 +305,19 @@ def _triton_parser(sub: argparse._SubParsersAction) -> None:
         help="dynamic batching's preferred sizes (default: the profile's opt and max)",
     )
     _add_run_options(p)
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve engines through Triton (the serving environment)")
+    p.add_argument("target", help="a run (directory or name) or one engine file")
+    p.add_argument("--select", type=_csv(str), default=(), help="engine file-name patterns")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching wait")
+    p.add_argument("--runs-dir", default="runs", help="where run names are looked up")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per model (0: default)")
 
 
 def _qat_parser(sub: argparse._SubParsersAction) -> None:

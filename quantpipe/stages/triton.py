@@ -9,7 +9,6 @@ absent); `quantpipe triton --out DIR` then copies it where a server reads it.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,8 +19,8 @@ from quantpipe.errors import QuantpipeError
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
+from quantpipe.serving.selection import run_engines
 from quantpipe.serving.triton_config import PLATFORMS, ServingOptions
-from quantpipe.stages.engines import EnginesResult
 
 VERSION = "1"  # each model's one version directory
 
@@ -114,22 +113,7 @@ class TritonStage:
         return TritonResult(TRITON_DIR, models, skipped)
 
     def _selected(self, run: RunDir) -> list[Path]:
-        record = run.manifest.stages.get("engines")
-        if record is None:
-            raise QuantpipeError(
-                f"run {run.path} has no engines to serve: run `quantpipe engines` first"
-            )
-        engines = [run.artifact(e.file) for e in EnginesResult.from_json(record.results).engines]
-        if not self.config.select:
-            return engines
-        chosen = [e for e in engines if any(fnmatch.fnmatch(e.name, p) for p in self.config.select)]
-        if not chosen:
-            names = ", ".join(e.name for e in engines)
-            raise QuantpipeError(
-                f"--select {','.join(self.config.select)} matches none of the run's engines "
-                f"({names})"
-            )
-        return chosen
+        return run_engines(run.path, self.config.select)
 
 
 def model_name(meta: EngineMeta) -> str:
