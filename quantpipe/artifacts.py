@@ -21,6 +21,7 @@ CALIB_DIR = "calib"
 QAT_DIR = "qat"  # per-epoch checkpoints, so that an interrupted QAT resumes
 ENGINES_DIR = "engines"
 BENCH_JSON = "bench/bench.json"
+SERVE_BENCH_JSON = "bench/serve.json"  # written by `make bench-serve` (tests/bench/bench_serve.py)
 TRITON_DIR = "triton"  # a Triton model repository: <model>/config.pbtxt, <model>/1/model.*
 REPORT_MD = "report/report.md"
 REPORT_ACCURACY_PNG = "report/accuracy_vs_size.png"

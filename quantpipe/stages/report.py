@@ -27,6 +27,7 @@ from quantpipe.artifacts import (
     REPORT_BTC_LAYERS_PNG,
     REPORT_LATENCY_PNG,
     REPORT_MD,
+    SERVE_BENCH_JSON,
     mixed_path,
 )
 from quantpipe.errors import QuantpipeError
@@ -116,6 +117,8 @@ class ReportStage:
                 files[role] = run.artifact(rel)
         for record in _records(run, "ptq"):
             files |= {f"{record.name} {o.path}": run.artifact(o.path) for o in record.outputs}
+        if run.artifact(SERVE_BENCH_JSON).is_file():
+            files["serving load test"] = run.artifact(SERVE_BENCH_JSON)
         return files
 
     def params(self) -> dict[str, Any]:
@@ -325,11 +328,39 @@ def _mixed(src: _Sources) -> list[str]:
     return lines
 
 
+def _serving(src: _Sources) -> list[str]:
+    """The load test of `make bench-serve`, when it ran on this run: Triton under 1..N
+    concurrent clients against the runner called in-process."""
+    path = src.run.artifact(SERVE_BENCH_JSON)
+    if not path.is_file():
+        return []
+    load = json.loads(path.read_text())
+    lines = [
+        "## Serving (Triton, load test)",
+        "",
+        f"{load['server']}; {load['batch']} image(s) per request, {load['seconds_per_level']:g} s "
+        f"per level, loopback; CPU: {load['cpu']} ({SERVE_BENCH_JSON}).",
+        "",
+        "| model | clients | requests/s | images/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in load["engines"]:
+        for x in [*e["levels"], {"clients": "in-process", **e["in_process"], "errors": 0}]:
+            lines.append(
+                f"| {e['model']} | {x['clients']} | {x['requests_per_s']:.1f} | "
+                f"{x['images_per_s']:.1f} | {x['p50_ms']:.2f} | {x['p95_ms']:.2f} | "
+                f"{x['p99_ms']:.2f} | {x['errors']} |"
+            )
+    lines += ["", "In-process: the same runner called from one thread on the same batches.", ""]
+    return lines
+
+
 def _figures_section(src: _Sources) -> list[str]:
     """The figures, linked relative to report.md (they sit beside it)."""
     return ["## Figures", "", *tables.figure_links([Path(p).name for p in src.plots])]
 
 
 SECTIONS: tuple[Callable[[_Sources], list[str]], ...] = (
-    _heading, _comparison, _method, _ptq, _btc_section, _qat, _mixed, _figures_section,
+    _heading, _comparison, _method, _ptq, _btc_section, _qat, _mixed, _serving,
+    _figures_section,
 )  # fmt: skip
