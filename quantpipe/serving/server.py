@@ -154,7 +154,8 @@ def log_file() -> Path:
 
 
 def _signals() -> list[signal.Signals]:
-    # Signal handlers can only be set from the main thread (tests serve from a thread).
+    # Signal handlers can only be set from the main thread; a caller serving from another
+    # thread stops the server with `stop` instead.
     if threading.current_thread() is not threading.main_thread():
         return []
     return [signal.SIGINT, signal.SIGTERM]
@@ -164,7 +165,7 @@ def _bind(triton: Any, engine: Path, meta: EngineMeta, runner: Any, o: ServeOpti
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
-    from quantpipe.stages.triton import model_name
+    from quantpipe.serving.triton_config import model_name
 
     if len(meta.inputs) != 1:
         raise QuantpipeError(f"engine {engine.name} has {len(meta.inputs)} inputs; serve takes one")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from quantpipe.engines.metadata import EngineMeta, TensorInfo
@@ -81,6 +82,12 @@ def platform(meta: EngineMeta) -> Platform:
             f"{', '.join(PLATFORMS)} engines"
         )
     return PLATFORMS[meta.backend]
+
+
+def model_name(meta: EngineMeta) -> str:
+    """`fp32.onnxruntime-cpu.int8.onnx` → `fp32_onnxruntime-cpu_int8` (no dots, which some
+    clients and URLs treat specially)."""
+    return Path(meta.engine).stem.replace(".", "_")
 
 
 def model_config(name: str, meta: EngineMeta, options: ServingOptions) -> Any:

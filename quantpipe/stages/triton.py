@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from quantpipe.artifacts import TRITON_DIR
-from quantpipe.engines.metadata import EngineMeta, load_engine, meta_path
+from quantpipe.engines.metadata import load_engine, meta_path
 from quantpipe.errors import QuantpipeError
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
 from quantpipe.serving.selection import run_engines
-from quantpipe.serving.triton_config import PLATFORMS, ServingOptions
+from quantpipe.serving.triton_config import PLATFORMS, ServingOptions, model_name
 
 VERSION = "1"  # each model's one version directory
 
@@ -114,9 +114,3 @@ class TritonStage:
 
     def _selected(self, run: RunDir) -> list[Path]:
         return run_engines(run.path, self.config.select)
-
-
-def model_name(meta: EngineMeta) -> str:
-    """`fp32.onnxruntime-cpu.int8.onnx` → `fp32_onnxruntime-cpu_int8` (no dots, which some
-    clients and URLs treat specially)."""
-    return Path(meta.engine).stem.replace(".", "_")

@@ -34,7 +34,7 @@ from quantpipe.errors import QuantpipeError
 from quantpipe.pipeline.atomic import atomic_path
 from quantpipe.serving.selection import run_engines
 from quantpipe.serving.server import free_ports
-from quantpipe.stages.triton import model_name
+from quantpipe.serving.triton_config import model_name
 
 ROOT = Path(__file__).parents[2]
 SERVE = ROOT / ".venv-serve" / "bin" / "quantpipe"
