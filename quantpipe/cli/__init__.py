@@ -58,6 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "with its dependencies (the README's set-up), or use a command that does not",
             QuantpipeError.exit_code,
         )
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        # The host's files, not a bug: which file, why, and what to do, in one line.
+        return _fail(
+            args.command,
+            f"{e.filename}: {e.strerror}; check the path and that this user may read and "
+            "write there",
+            QuantpipeError.exit_code,
+        )
     except KeyboardInterrupt:
         # Stages only rename finished outputs into place, so nothing partial is left.
         print(

@@ -33,11 +33,21 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def new_file_mode() -> int:
+    """The mode an ordinary new file gets here (0o666 less the umask). Temporary files are
+    created 0600; an artifact keeps that only if the umask says so, or a serving container
+    running as another user could not read the engines it is given."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:

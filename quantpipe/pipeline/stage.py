@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from quantpipe.errors import QuantpipeError
+from quantpipe.pipeline.atomic import new_file_mode
 from quantpipe.pipeline.hashing import fingerprint_path, sha256_file
 from quantpipe.pipeline.manifest import FileRecord, StageRecord
 from quantpipe.pipeline.results import JsonResult
@@ -116,6 +117,7 @@ class StageContext:
         for rel, tmp in self._pending.items():
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            os.chmod(tmp, new_file_mode())
             os.replace(tmp, self.run.path / rel)
         for rel in [*self._pending, *self._adopted]:
             final = self.run.path / rel

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -6,6 +8,7 @@ from typing import Any, ClassVar
 import pytest
 
 from quantpipe.errors import CorruptArtifactError, RunDirLockedError
+from quantpipe.pipeline.atomic import atomic_write_bytes
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import RunOptions, StageContext, run_stage
@@ -121,3 +124,18 @@ def test_a_recorded_result_of_another_form_is_a_clear_error(tmp_path: Path) -> N
     (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
     with RunDir.open(tmp_path / "run") as run, pytest.raises(CorruptArtifactError, match="value"):
         run_stage(run, Writer(calls))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_umasks_mode_not_the_temporary_files(tmp_path: Path, umask: int) -> None:
+    # Temporary files are created 0600; an engine that only its builder can read cannot be
+    # served by a container running as another user.
+    old = os.umask(umask)
+    try:
+        with RunDir.open(tmp_path / "run") as run:
+            run_stage(run, Writer([]))
+        atomic_write_bytes(tmp_path / "atomic.bin", b"x")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "run" / "result.txt", tmp_path / "atomic.bin"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
