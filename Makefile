@@ -19,7 +19,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-engines bench-pareto bench-serve models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-engines bench-pareto bench-serve docker models datasets backends clean
 
 setup: $(STAMP) $(SERVE_STAMP)
 
@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	scripts/install-fashion-mnist.sh
+	scripts/install-container-tools.sh
 	touch $@
 
 # The serving environment: Triton (nvidia-pytriton) needs numpy < 2, the pipeline numpy 2.
@@ -45,6 +46,7 @@ lint: setup
 	$(BIN)/ruff check quantpipe tests
 	$(BIN)/ruff format --check quantpipe tests
 	$(BIN)/mypy quantpipe
+	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
 
 test: lint
 	$(BIN)/python -m pytest -q tests
@@ -122,6 +124,12 @@ bench-pareto: setup
 
 models datasets backends: setup
 	$(QP) $@
+
+# Both images on a Docker host (DOCKER=podman works too); the GPU one needs NVIDIA's registry.
+DOCKER ?= docker
+docker:
+	$(DOCKER) build -f docker/Dockerfile.cpu -t quantpipe-cpu .
+	$(DOCKER) build -f docker/Dockerfile.gpu -t quantpipe-gpu .
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
