@@ -23,6 +23,7 @@ ENGINES_DIR = "engines"
 BENCH_JSON = "bench/bench.json"
 SERVE_BENCH_JSON = "bench/serve.json"  # written by `make bench-serve` (tests/bench/bench_serve.py)
 TRITON_DIR = "triton"  # a Triton model repository: <model>/config.pbtxt, <model>/1/model.*
+TRITON_PYTHON_DIR = "triton-python"  # its Python-backend variants: <model>_python/1/model.py
 REPORT_MD = "report/report.md"
 REPORT_ACCURACY_PNG = "report/accuracy_vs_size.png"
 REPORT_LATENCY_PNG = "report/latency_vs_batch.png"

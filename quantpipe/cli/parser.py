@@ -287,6 +287,12 @@ def _triton_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("triton", help="a Triton model repository of the run's engines (triton/)")
     p.add_argument("--out", help="also copy the repository to this directory")
     p.add_argument(
+        "--python-backend",
+        action="store_true",
+        help="also <model>_python in triton-python/: Triton's Python backend running "
+        "quantpipe's runner (any engine; needs quantpipe where Triton runs)",
+    )
+    p.add_argument(
         "--select",
         type=_csv(str),
         default=(),
@@ -309,7 +315,11 @@ def _triton_parser(sub: argparse._SubParsersAction) -> None:
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve engines through Triton (the serving environment)")
-    p.add_argument("target", help="a run (directory or name) or one engine file")
+    p.add_argument("target", nargs="?", help="a run (directory or name) or one engine file")
+    p.add_argument(
+        "--repository",
+        help="instead, a Python-backend model repository (quantpipe triton --python-backend)",
+    )
     p.add_argument("--select", type=_csv(str), default=(), help="engine file-name patterns")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--http-port", type=int, default=8000)

@@ -23,21 +23,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.host, args.http_port, args.grpc_port, args.metrics_port, args.max_queue_delay_us,
         args.threads,
     )  # fmt: skip
-    engines = _engines(args.target, args.runs_dir, tuple(args.select))
+    repository = Path(args.repository) if args.repository else None
+    if repository is not None:
+        if args.target or not (repository.is_dir() and any(repository.glob("*/config.pbtxt"))):
+            raise QuantpipeError(
+                f"--repository {repository}: give a model repository (directories with a "
+                "config.pbtxt, as `quantpipe triton --python-backend` writes in triton-python/) "
+                "and no run or engine"
+            )
+        engines: list[Path] = []
+    elif args.target is None:
+        raise QuantpipeError("serve: give a run or an engine file, or --repository DIR")
+    else:
+        engines = _engines(args.target, args.runs_dir, tuple(args.select))
 
     def ready(models: list[ServedModel]) -> None:
+        if repository is not None:
+            names = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+            print(f"  the models of {repository}: {', '.join(names)}")
         for m in models:
             raw = f" (and {m.name}_raw: uint8 images, preprocessed here)" if m.raw else ""
             print(f"  {m.name}: {m.engine.name}, max batch {m.meta.profile.max}{raw}")
         print(
-            f"serving {len(models)} engines on http://{options.host}:{options.http_port} "
+            f"serving on http://{options.host}:{options.http_port} "
             f"(gRPC {options.host}:{options.grpc_port}, metrics "
             f"http://{options.host}:{options.metrics_port}/metrics; Triton's log: {log_file()}); "
             "Ctrl-C stops",
             flush=True,
         )
 
-    serve(engines, options, ready)
+    serve(engines, options, ready, repository=repository)
     return 0
 
 

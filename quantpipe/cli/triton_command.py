@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from quantpipe.artifacts import TRITON_DIR
 from quantpipe.cli.stage_commands import _run, open_run
 from quantpipe.errors import QuantpipeError
 from quantpipe.serving.triton_config import ServingOptions
@@ -21,10 +20,12 @@ def cmd_triton(args: argparse.Namespace) -> int:
     if out is not None and out.exists() and not out.is_dir():
         raise QuantpipeError(f"--out {out} is a file: give a directory for the repository")
     with open_run(args, "run") as run:
-        outcome = _run(run, TritonStage(TritonConfig(tuple(args.select), serving)), args)
+        config = TritonConfig(tuple(args.select), serving, args.python_backend)
+        outcome = _run(run, TritonStage(config), args)
         if out is not None:
             for model in outcome.result.models:
-                copy_model(run.path / TRITON_DIR / model.name, out / model.name)
+                # <repository>/<model>/<version>/<file>: the model's directory in the run.
+                copy_model(run.path / Path(model.file).parents[1], out / model.name)
             print(f"  copied {len(outcome.result.models)} models to {out}")
     return 0
 

@@ -108,8 +108,13 @@ def serve(
     options: ServeOptions,
     on_ready: Callable[[list[ServedModel]], None] | None = None,
     stop: threading.Event | None = None,
+    repository: Path | None = None,
 ) -> None:
-    """Serve `engines` until SIGINT/SIGTERM (or `stop` is set)."""
+    """Serve `engines` (bound here), or else the models of a Python-backend `repository`
+    (as `quantpipe triton --python-backend` writes it: the server loads them itself), until
+    SIGINT/SIGTERM or `stop`."""
+    if engines and repository is not None:
+        raise QuantpipeError("serve engines or a --repository, not both")
     check_environment()
     check_ports(options)
     # The Python backend's stub must load this Python's libpython, not the system's older
@@ -123,7 +128,7 @@ def serve(
         http_address=options.host, http_port=options.http_port,
         grpc_address=options.host, grpc_port=options.grpc_port,
         metrics_address=options.host, metrics_port=options.metrics_port,
-        exit_timeout_secs=5, log_file=log_file(),
+        exit_timeout_secs=5, log_file=log_file(), model_repository=repository,
     )  # fmt: skip
     stop = stop or threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in _signals()}

@@ -41,6 +41,7 @@ PLATFORMS = {
     "onnxruntime-tensorrt": Platform("onnxruntime_onnx", "model.onnx", "gpu"),
     "tensorrt": Platform("tensorrt_plan", "model.plan", "gpu"),
 }
+PYTHON_SUFFIX = "_python"  # the Python-backend variant of a model
 BATCH_DIM = "batch"  # the name quantpipe's exporter gives the dynamic batch dimension
 _DTYPES = {
     "float32": "TYPE_FP32",
@@ -90,13 +91,22 @@ def model_name(meta: EngineMeta) -> str:
     return Path(meta.engine).stem.replace(".", "_")
 
 
-def model_config(name: str, meta: EngineMeta, options: ServingOptions) -> Any:
-    """The `ModelConfig` message serving the engine described by `meta` as model `name`."""
-    mc, served = _pb2(), platform(meta)
+def model_config(
+    name: str, meta: EngineMeta, options: ServingOptions, python_backend: bool = False
+) -> Any:
+    """The `ModelConfig` message serving the engine described by `meta` as model `name`:
+    by Triton's own backend for the engine, or (`python_backend`) by Triton's Python backend
+    running quantpipe's runner (`triton_python_model.py`), which serves any engine."""
+    mc = _pb2()
     batched = all(_batched(t) for t in [*meta.inputs, *meta.outputs])
-    config = mc.ModelConfig(
-        name=name, platform=served.name, max_batch_size=meta.profile.max if batched else 0
-    )
+    max_batch = meta.profile.max if batched else 0
+    if python_backend:
+        device = PLATFORMS[meta.backend].device if meta.backend in PLATFORMS else "cpu"
+        config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch)
+    else:
+        served = platform(meta)
+        device = served.device
+        config = mc.ModelConfig(name=name, platform=served.name, max_batch_size=max_batch)
     for info, field in ((meta.inputs, config.input), (meta.outputs, config.output)):
         for t in info:
             field.add(name=t.name, data_type=_data_type(mc, t), dims=_dims(t, batched))
@@ -111,7 +121,7 @@ def model_config(name: str, meta: EngineMeta, options: ServingOptions) -> Any:
         config.dynamic_batching.preferred_batch_size.extend(sorted(set(sizes)))
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
     group = mc.ModelInstanceGroup
-    kind = group.KIND_GPU if served.device == "gpu" else group.KIND_CPU
+    kind = group.KIND_GPU if device == "gpu" else group.KIND_CPU
     config.instance_group.add(count=options.instances, kind=kind)
     if meta.backend == "onnxruntime-tensorrt":
         accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add()

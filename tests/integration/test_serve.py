@@ -49,21 +49,25 @@ def server(run: Path):
     argv = [str(SERVE), "serve", str(run), "--select", "*.int8.*,*.fp32.*", "--threads", "1"]
     argv += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _ready(proc, http, MODEL)
+    yield proc, http, grpc, metrics
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
+def _ready(proc: subprocess.Popen, http: int, model: str) -> httpclient.InferenceServerClient:
+    """A client once the server says `model` is ready (the test fails if it never does)."""
     client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if client.is_server_ready() and client.is_model_ready(MODEL):
-                break
+            if client.is_server_ready() and client.is_model_ready(model):
+                return client
         except Exception:  # not listening yet
             pass
         time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not become ready: {proc.stdout.read()[-3000:]}")
-    yield proc, http, grpc, metrics
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    proc.kill()
+    pytest.fail(f"server did not become ready: {proc.stdout.read()[-3000:] if proc.stdout else ''}")
 
 
 def _reference(run: Path, x: np.ndarray) -> np.ndarray:
@@ -110,6 +114,25 @@ def test_a_bad_request_gets_an_error_and_the_server_keeps_serving(run: Path, ser
     x = np.ones((1, 1, 8, 8), np.float32)
     got = client.infer(MODEL, _inputs(httpclient, "input", x, "FP32")).as_numpy("output")
     np.testing.assert_array_equal(got, _reference(run, x))
+
+
+def test_the_python_backend_repository_serves_through_quantpipes_runner(run: Path) -> None:
+    # `triton --python-backend` writes triton-python/; the serving environment's tritonserver
+    # loads it as a stock Triton would and runs quantpipe's runner inside its Python backend.
+    argv = ["triton", "--run-dir", str(run), "--python-backend", "--select", "*.int8.*"]
+    assert main([*argv, "--quiet", "--force"]) == 0
+    http, grpc, metrics = free_ports(3)
+    argv = [str(SERVE), "serve", "--repository", str(run / "triton-python")]
+    argv += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = _ready(proc, http, MODEL + "_python")
+        x = np.random.default_rng(2).standard_normal((3, 1, 8, 8)).astype(np.float32)
+        got = client.infer(MODEL + "_python", _inputs(httpclient, "input", x, "FP32"))
+        np.testing.assert_array_equal(got.as_numpy("output"), _reference(run, x))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
 
 
 def _serve(*argv: str) -> subprocess.CompletedProcess:

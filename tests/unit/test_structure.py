@@ -91,12 +91,16 @@ def _stage_classes() -> list[type]:
     from quantpipe.stages.engines import EnginesStage
     from quantpipe.stages.evaluate import EvalStage
     from quantpipe.stages.export import ExportStage
+    from quantpipe.stages.mixed import MixedStage
     from quantpipe.stages.ptq import PtqStage
+    from quantpipe.stages.qat import QatStage
     from quantpipe.stages.report import ReportStage
     from quantpipe.stages.train import TrainStage
+    from quantpipe.stages.triton import TritonStage
 
     stages = [TrainStage, ExportStage, EvalStage, BtcStage, CalibrateStage, PtqStage]
-    return [*stages, EnginesStage, BenchStage, ReportStage]
+    stages += [QatStage, MixedStage]
+    return [*stages, EnginesStage, TritonStage, BenchStage, ReportStage]
 
 
 @pytest.mark.parametrize("stage", _stage_classes(), ids=lambda s: s.kind)

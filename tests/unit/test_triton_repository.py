@@ -101,3 +101,24 @@ def test_a_config_that_is_not_one_is_refused() -> None:
 
     with pytest.raises(QuantpipeError, match="not a Triton model configuration"):
         parse_config('name: "x"\nplatform: 7\n')
+
+
+def test_the_python_backend_variant_carries_the_engine_and_quantpipes_model(run: Path) -> None:
+    argv = ["triton", "--run-dir", str(run), "--quiet", "--force", "--python-backend"]
+    assert main([*argv, "--select", "*.int8.*"]) == 0
+    (path,) = (run / "triton-python").glob("*/config.pbtxt")
+    config = parse_config(path.read_text())
+    assert config.name == path.parent.name == "fp32_onnxruntime-cpu_int8_python"
+    assert (config.backend, config.platform, config.max_batch_size) == ("python", "", 32)
+    native = parse_config(
+        (run / "triton" / "fp32_onnxruntime-cpu_int8" / "config.pbtxt").read_text()
+    )
+    assert config.input == native.input and config.output == native.output
+    version = path.parent / "1"
+    model = (Path(__file__).parents[2] / "quantpipe/serving/triton_python_model.py").read_text()
+    assert (version / "model.py").read_text() == model
+    engine = version / "fp32.onnxruntime-cpu.int8.onnx"
+    meta = EngineMeta.from_json(
+        json.loads((version / "fp32.onnxruntime-cpu.int8.json").read_text())
+    )
+    assert sha256_file(engine) == meta.sha256
