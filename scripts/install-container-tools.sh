@@ -7,12 +7,7 @@ if command -v podman >/dev/null && command -v runc >/dev/null && command -v debo
   echo "container tools: podman, runc and debootstrap present"
   exit 0
 fi
-SUDO=""
-[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
-if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
-  echo "container tools: installing Debian packages podman runc debootstrap"
-  $SUDO apt-get update -q >/dev/null && \
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q podman runc debootstrap >/dev/null && exit 0
-fi
+echo "container tools: installing Debian packages podman runc debootstrap (if apt is usable)"
+"$(dirname "$0")/apt-install.sh" podman runc debootstrap && exit 0
 echo "container tools: podman/runc/debootstrap not installed (apt not usable); the image test will skip"
 exit 0

@@ -7,13 +7,8 @@ if [ -f "$DIR/t10k-images-idx3-ubyte.gz" ]; then
   echo "Fashion-MNIST: present in $DIR"
   exit 0
 fi
-SUDO=""
-[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
-if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
-  echo "Fashion-MNIST: installing Debian package dataset-fashion-mnist"
-  $SUDO apt-get update -q >/dev/null && \
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null && exit 0
-fi
+echo "Fashion-MNIST: installing Debian package dataset-fashion-mnist (if apt is usable)"
+"$(dirname "$0")/apt-install.sh" dataset-fashion-mnist && exit 0
 cat <<MSG
 Fashion-MNIST is not installed and apt is not usable here. Either
   sudo apt-get install dataset-fashion-mnist        (Debian/Ubuntu), or

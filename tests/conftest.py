@@ -21,3 +21,17 @@ needs_fmnist = pytest.mark.skipif(
     not (FMNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
     reason="needs the Debian package dataset-fashion-mnist (make setup installs it)",
 )
+
+
+def digits_run_with_engines(path: Path, batch_sizes: str) -> Path:
+    """A run at `path`: digits-mlp trained briefly, exported, quantized (ptq) and built as
+    ONNX Runtime CPU engines (FP32, FP16, INT8) with the given batch profile."""
+    from quantpipe.cli import main
+
+    where = ["--data", "digits", "--quiet", "--run-dir", str(path)]
+    assert main(["train", "--model", "digits-mlp", *where, "--epochs", "2"]) == 0
+    assert main(["export", "--model", "digits-mlp", *where]) == 0
+    assert main(["ptq", *where, "--calib-count", "64"]) == 0
+    engines = ["engines", "--batch-sizes", batch_sizes, "--quiet", "--run-dir", str(path)]
+    assert main(engines) == 0
+    return path

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from quantpipe.cli import main
+from tests.conftest import digits_run_with_engines
 
 ROOT = Path(__file__).parents[2]
 TOOLS = ("podman", "runc", "debootstrap")
@@ -84,13 +85,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits-mlp with its engines, and its test images as an .npz the image can read."""
     path = tmp_path_factory.mktemp("image") / "run"
-    where = ["--data", "digits", "--quiet", "--run-dir", str(path)]
-    assert main(["train", "--model", "digits-mlp", *where, "--epochs", "2"]) == 0
-    assert main(["export", "--model", "digits-mlp", *where]) == 0
-    assert main(["ptq", *where, "--calib-count", "64"]) == 0
-    assert main(["engines", "--batch-sizes", "1,8", "--quiet", "--run-dir", str(path)]) == 0
     from sklearn.datasets import load_digits
 
+    digits_run_with_engines(path, "1,8")
     digits = load_digits()
     x = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
     np.savez(path / "digits.npz", x=x, y=digits.target.astype(np.int64))

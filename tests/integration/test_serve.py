@@ -23,6 +23,7 @@ from quantpipe.engines.backend import RunnerOptions
 from quantpipe.engines.registry import get_backend
 from quantpipe.export.metadata import require_contract
 from quantpipe.serving.server import free_ports
+from tests.conftest import digits_run_with_engines
 
 ROOT = Path(__file__).parents[2]
 SERVE = ROOT / ".venv-serve" / "bin" / "quantpipe"
@@ -35,11 +36,7 @@ MODEL = "fp32_onnxruntime-cpu_int8"  # the INT8 engine of the run, as Triton nam
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("serve") / "run"
-    where = ["--data", "digits", "--quiet", "--run-dir", str(path)]
-    assert main(["train", "--model", "digits-mlp", *where, "--epochs", "2"]) == 0
-    assert main(["export", "--model", "digits-mlp", *where]) == 0
-    assert main(["ptq", *where, "--calib-count", "64"]) == 0
-    assert main(["engines", "--batch-sizes", "1,16", "--quiet", "--run-dir", str(path)]) == 0
+    digits_run_with_engines(path, "1,16")
     return path
 
 

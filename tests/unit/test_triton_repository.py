@@ -13,8 +13,8 @@ from quantpipe.cli import main
 from quantpipe.engines.metadata import EngineMeta
 from quantpipe.pipeline.hashing import sha256_file
 from quantpipe.serving.triton_config import parse_config
+from tests.conftest import digits_run_with_engines
 
-DATA = ["--data", "digits", "--quiet"]
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}  # Triton's names
 
 
@@ -22,11 +22,7 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}  # Triton's name
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits-mlp trained, exported, quantized, and built as FP32/FP16/INT8 engines."""
     path = tmp_path_factory.mktemp("triton") / "run"
-    where = ["--run-dir", str(path)]
-    assert main(["train", "--model", "digits-mlp", *DATA, "--epochs", "2", *where]) == 0
-    assert main(["export", "--model", "digits-mlp", *DATA, *where]) == 0
-    assert main(["ptq", *DATA, "--calib-count", "64", *where]) == 0
-    assert main(["engines", "--batch-sizes", "1,8,32", "--quiet", *where]) == 0
+    digits_run_with_engines(path, "1,8,32")
     return path
 
 
