@@ -32,6 +32,7 @@ from quantpipe.engines.metadata import load_engine
 from quantpipe.engines.registry import get_backend
 from quantpipe.errors import QuantpipeError
 from quantpipe.pipeline.atomic import atomic_path
+from quantpipe.serving.client import wait_until_ready
 from quantpipe.serving.selection import run_engines
 from quantpipe.serving.server import free_ports
 from quantpipe.serving.triton_config import model_name
@@ -117,19 +118,10 @@ class _server:
         argv += ["--http-port", str(http), "--grpc-port", str(grpc)]
         argv += ["--metrics-port", str(metrics)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        import tritonclient.http as httpclient
-
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if client.is_server_ready() and all(map(client.is_model_ready, self.models)):
-                    return http
-            except Exception:  # not listening yet
-                pass
-            time.sleep(0.5)
-        self.proc.kill()
-        raise SystemExit(f"the server did not start: {self.proc.stdout.read()[-2000:]!r}")
+        if wait_until_ready(self.proc, http, self.models) is None:
+            out = self.proc.stdout.read()[-2000:] if self.proc.stdout else b""
+            raise SystemExit(f"the server did not start: {out!r}")
+        return http
 
     def __exit__(self, *exc: object) -> None:
         self.proc.send_signal(signal.SIGTERM)

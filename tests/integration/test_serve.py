@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from quantpipe.data.sources import Source
 from quantpipe.engines.backend import RunnerOptions
 from quantpipe.engines.registry import get_backend
 from quantpipe.export.metadata import require_contract
+from quantpipe.serving.client import wait_until_ready
 from quantpipe.serving.server import free_ports
 from tests.conftest import digits_run_with_engines
 
@@ -46,25 +46,20 @@ def server(run: Path):
     argv = [str(SERVE), "serve", str(run), "--select", "*.int8.*,*.fp32.*", "--threads", "1"]
     argv += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _ready(proc, http, MODEL)
+    _ready(proc, http, MODEL, MODEL + "_raw")  # Triton loads them one after the other
     yield proc, http, grpc, metrics
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
 
 
-def _ready(proc: subprocess.Popen, http: int, model: str) -> httpclient.InferenceServerClient:
-    """A client once the server says `model` is ready (the test fails if it never does)."""
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if client.is_server_ready() and client.is_model_ready(model):
-                return client
-        except Exception:  # not listening yet
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail(f"server did not become ready: {proc.stdout.read()[-3000:] if proc.stdout else ''}")
+def _ready(proc: subprocess.Popen, http: int, *models: str) -> httpclient.InferenceServerClient:
+    """A client once the server says `models` are ready (the test fails if it never does)."""
+    client = wait_until_ready(proc, http, models)
+    if client is None:
+        pytest.fail(
+            f"server did not become ready: {proc.stdout.read()[-3000:] if proc.stdout else ''}"
+        )
+    return client
 
 
 def _reference(run: Path, x: np.ndarray) -> np.ndarray:
