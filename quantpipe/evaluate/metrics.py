@@ -47,7 +47,7 @@ class MeanIoU:
 
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
         pred = logits.argmax(1).ravel()
-        true = labels.ravel()
+        true = labels.ravel().astype(np.int64)  # masks may be uint8: index arithmetic overflows
         keep = (true != IGNORE_INDEX) & (true >= 0) & (true < self.num_classes)
         idx = true[keep] * self.num_classes + pred[keep]
         self.confusion += np.bincount(idx, minlength=self.num_classes**2).reshape(

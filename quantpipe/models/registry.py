@@ -12,7 +12,9 @@ from torch import nn
 from quantpipe.errors import ModelError
 from quantpipe.models import torchvision_models as tv
 from quantpipe.models.checkpoint import load_weights
+from quantpipe.models.deploy import to_deploy_form
 from quantpipe.models.cifar_resnet import cifar_resnet
+from quantpipe.models.cifar_zoo.specs import zoo_specs
 from quantpipe.models.small import DigitsMLP, FmnistCNN
 from quantpipe.models.spec import (
     CIFAR_PREPROCESSING,
@@ -46,6 +48,7 @@ def _builtin_specs() -> dict[str, ModelSpec]:
             )
             for d in (20, 32, 44, 56)
         ),
+        *zoo_specs(),
         *(
             ModelSpec(
                 name,
@@ -128,13 +131,13 @@ def build_model(spec: ModelSpec, weights: str | None) -> nn.Module:
     if weights is not None:
         model = spec.build()
         load_weights(model, weights, spec.name)
-        return model.eval()
+        return to_deploy_form(model.eval(), spec)
     # Without weights every stage must see the same random model (export's ONNX and btc's
     # or eval's PyTorch model were different draws before): a fixed seed, with the global
     # random state left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
-        return spec.build().eval()
+        return to_deploy_form(spec.build().eval(), spec)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,10 @@ class ModelSpec:
     num_classes: int
     weights: WeightsPolicy
     description: str
+    # Train-time → deploy form (e.g. RepVGG's branches fused into one conv), applied after
+    # the weights load and checked numerically; every stage then sees the deploy form.
+    deploy: Callable[[nn.Module], nn.Module] | None = None
+    deploy_form: str = ""  # what `deploy` does, for the metadata and reports
 
     @property
     def input_shape(self) -> tuple[int, ...]:
