@@ -1,36 +1,22 @@
 """CIFAR-10 from the standard python pickle batches (cifar-10-batches-py).
 
-These pickles hold only numpy arrays, bytes and lists; they are read with a restricted
-unpickler that refuses every class except numpy's array reconstruction, so a crafted
-file cannot run code.
+They are read with the restricted unpickler of `safe_pickle`, so a crafted file cannot
+run code. `cifar_images` is shared with CIFAR-100, whose pickles store images the same way.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from quantpipe.data.safe_pickle import read_pickle_dict
 from quantpipe.data.sources import Source, array_source
 from quantpipe.errors import DataError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
+_PIXELS = 3 * 32 * 32
 
 
 def is_cifar_pickle_dir(path: Path) -> bool:
@@ -46,22 +32,22 @@ def load_cifar_pickle(root: Path) -> dict[str, Source]:
     return pools
 
 
+def cifar_images(data: Any, count: int, path: Path) -> np.ndarray:
+    """The b"data" entry (N×3072: all red, then green, then blue rows) as N×32×32×3 uint8."""
+    flat = np.asarray(data, dtype=np.uint8)
+    if flat.shape != (count, _PIXELS):
+        raise DataError(
+            f"{path} holds data of shape {flat.shape} for {count} labels; "
+            f"expected ({count}, {_PIXELS}) (is it a CIFAR pickle?)"
+        )
+    return flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
 def _pool(files: list[Path]) -> Source:
     images, labels = [], []
     for f in files:
-        batch = _read_batch(f)
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        batch = read_pickle_dict(f, "CIFAR-10 pickle batch", (b"data", b"labels"))
         labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-    x = np.concatenate(images).transpose(0, 2, 3, 1).copy()
+        images.append(cifar_images(batch[b"data"], len(labels[-1]), f))
+    x = np.ascontiguousarray(np.concatenate(images))
     return array_source(x, np.concatenate(labels), class_names=CLASSES)
-
-
-def _read_batch(path: Path) -> dict[bytes, Any]:
-    try:
-        with open(path, "rb") as f:
-            batch = _SafeUnpickler(f, encoding="bytes").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise DataError(f"{path} is not a CIFAR-10 pickle batch ({e})") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"{path} is not a CIFAR-10 pickle batch (no data/labels keys)")
-    return batch

@@ -30,10 +30,19 @@ _UBYTE = 0x08
 
 def load_fashion_mnist(root: Path) -> dict[str, Source]:
     """Both official pools, `train` (60,000) and `test` (10,000)."""
+    return {
+        pool: array_source(images, labels, class_names=CLASSES)
+        for pool, (images, labels) in read_fashion_mnist(root, "fashion-mnist").items()
+    }
+
+
+def read_fashion_mnist(root: Path, spec: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Pool name → (N×28×28 uint8 images, N int64 labels); `spec` is the data set name
+    that errors tell the user to pass a path to (fmnist-seg builds on these files too)."""
     if not root.is_dir():
         raise DataError(
             f"Fashion-MNIST directory not found: {root}; install the Debian package "
-            "dataset-fashion-mnist (make setup does) or pass fashion-mnist:PATH"
+            f"dataset-fashion-mnist (make setup does) or pass {spec}:PATH"
         )
     pools = {}
     for pool, stem in _FILES.items():
@@ -44,7 +53,7 @@ def load_fashion_mnist(root: Path) -> dict[str, Source]:
                 f"Fashion-MNIST {pool} files in {root} disagree: "
                 f"{images.shape} images, {labels.shape} labels"
             )
-        pools[pool] = array_source(images, labels, class_names=CLASSES)
+        pools[pool] = (images, labels)
     return pools
 
 

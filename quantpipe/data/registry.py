@@ -1,7 +1,7 @@
 """The data set registry: `NAME[:PATH]` → a Dataset with named pools.
 
-A bare path is accepted too and its kind inferred (.npz, .tar, pickle batches
-directory, image folder).
+A bare path is accepted too and its kind inferred (.npz, .tar, CIFAR-10 or CIFAR-100
+pickle directory, Cityscapes tree, image folder).
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from quantpipe.data import fashion_mnist
+from quantpipe.data.cifar100 import is_cifar100_pickle_dir, load_cifar100_pickle
 from quantpipe.data.cifar_pickle import is_cifar_pickle_dir, load_cifar_pickle
+from quantpipe.data.cityscapes import load_cityscapes
 from quantpipe.data.digits import load_digits_pools
+from quantpipe.data.fmnist_seg import load_fmnist_seg
 from quantpipe.data.image_folder import load_image_folder
 from quantpipe.data.npz import load_npz
 from quantpipe.data.sources import Source
+from quantpipe.data.tabular import TABULAR_SETS, load_tabular
 from quantpipe.errors import DataError
 
 
@@ -45,8 +49,27 @@ def _load_cifar10(path: Path | None) -> dict[str, Source]:
     return load_cifar_pickle(path) if is_cifar_pickle_dir(path) else load_image_folder(path)
 
 
+def _load_cifar100(path: Path | None) -> dict[str, Source]:
+    path = _needs(path, "cifar100")
+    return load_cifar100_pickle(path) if is_cifar100_pickle_dir(path) else load_image_folder(path)
+
+
 def _load_fmnist(path: Path | None) -> dict[str, Source]:
     return fashion_mnist.load_fashion_mnist(path or fashion_mnist.DEFAULT_PATH)
+
+
+def _load_fmnist_seg(path: Path | None) -> dict[str, Source]:
+    return load_fmnist_seg(path or fashion_mnist.DEFAULT_PATH)
+
+
+def _tabular_kind(name: str) -> DatasetKind:
+    spec = TABULAR_SETS[name]
+    return DatasetKind(
+        name,
+        f"scikit-learn's {name} table: {spec.features} features, {spec.classes} classes",
+        lambda _p: load_tabular(name),
+        needs_path=False,
+    )
 
 
 DATASETS: dict[str, DatasetKind] = {
@@ -58,12 +81,30 @@ DATASETS: dict[str, DatasetKind] = {
             _load_cifar10,
         ),
         DatasetKind(
+            "cifar100",
+            "CIFAR-100, fine labels: cifar-100-python dir, image-folder tree, or .tar",
+            _load_cifar100,
+        ),
+        DatasetKind(
             "fashion-mnist",
             "Fashion-MNIST idx(.gz) files (train 60k + test 10k)",
             _load_fmnist,
             fashion_mnist.DEFAULT_PATH,
             needs_path=False,
         ),
+        DatasetKind(
+            "fmnist-seg",
+            "segmentation: 56×56 mosaics of 4 Fashion-MNIST garments (15k + 2.5k)",
+            _load_fmnist_seg,
+            fashion_mnist.DEFAULT_PATH,
+            needs_path=False,
+        ),
+        DatasetKind(
+            "cityscapes",
+            "Cityscapes gtFine, 19 classes, at 512×1024: dir with leftImg8bit/, gtFine/",
+            lambda p: load_cityscapes(_needs(p, "cityscapes")),
+        ),
+        *(_tabular_kind(name) for name in TABULAR_SETS),
         DatasetKind(
             "digits",
             "scikit-learn's bundled 8×8 digits (1,797 samples)",
@@ -125,4 +166,8 @@ def _infer_kind(path: Path) -> str:
         return "npz"
     if is_cifar_pickle_dir(path):
         return "cifar10"
+    if is_cifar100_pickle_dir(path):
+        return "cifar100"
+    if (path / "leftImg8bit").is_dir() and (path / "gtFine").is_dir():
+        return "cityscapes"
     return "imagefolder"

@@ -61,7 +61,13 @@ class Selection:
         return len(self.indices)
 
     @property
+    def labelled(self) -> bool:
+        """Whether there are labels, without reading them (masks may be decoded on demand)."""
+        return self._assigned is not None or self.source.labels is not None
+
+    @property
     def labels(self) -> np.ndarray | None:
+        """All labels in split order; for masks decoded on demand this decodes every one."""
         if self._assigned is not None:
             return self._assigned
         labels = self.source.labels
@@ -95,18 +101,26 @@ class Selection:
         return dataclasses.replace(self, indices=self.indices[:count], _assigned=assigned)
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Yield (inputs N×C×H×W float32, labels or None) in split order."""
-        labels = self.labels
+        """Yield (inputs N×C×H×W float32, labels or None) in split order.
+
+        Labels are read batch by batch, so masks decoded on demand never all sit in memory.
+        """
         for start in range(0, len(self.indices), batch_size):
             idx = self.indices[start : start + batch_size]
             x = to_model_input(self.source.read(idx), self.source, self.preprocessing)
-            yield x, None if labels is None else labels[start : start + batch_size]
+            yield x, self._batch_labels(idx, start)
+
+    def _batch_labels(self, idx: np.ndarray, start: int) -> np.ndarray | None:
+        if self._assigned is not None:
+            return self._assigned[start : start + len(idx)]
+        labels = self.source.labels
+        return None if labels is None else labels[idx]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         """All samples at once (for small selections, e.g. training sets of tiny models)."""
         xs, ys = zip(*self.batches(1024), strict=True) if len(self) else ((), ())
         x = np.concatenate(xs) if xs else np.empty((0, *self._shape()), np.float32)
-        y = None if self.labels is None or not ys else np.concatenate(ys)
+        y = None if not self.labelled or not ys else np.concatenate(ys)
         return x, y
 
     def _shape(self) -> tuple[int, ...]:

@@ -2,7 +2,9 @@
 
 - A data set with an official train pool: `val` is a stratified hold-out of it
   (10 %, at most 5,000), `train` the rest, `calib` draws from `train`; `test` and
-  `all` are the official test pool.
+  `all` are the official test pool. With `train`, `val` and `test` pools, `val` is
+  the official one; with only `train` and `val` (Cityscapes: its test labels are not
+  public), the official `val` pool is the test pool and `val` is held out of `train`.
 - A single pool (e.g. the CIFAR-10 JPEG test set, digits, an .npz): a seeded
   stratified permutation gives `test` 40 %, `val` 20 %, `train` 40 %; `calib` draws
   from `train`; `all` is every sample.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantpipe.data.sources import Source
+from quantpipe.data.sources import Labels, Source
 from quantpipe.errors import DataError
 
 SPLITS = ("train", "calib", "val", "test", "all")
@@ -44,7 +46,9 @@ def _official_split(pools: dict[str, Source], split: str, seed: int) -> tuple[st
     if split == "val" and "val" in pools and test_pool != "val":
         return "val", stratified_order(pools["val"].labels, len(pools["val"]), seed)
     order = stratified_order(pools["train"].labels, len(pools["train"]), seed)
-    n_val = 0 if "val" in pools else min(_HOLDOUT_MAX, int(len(order) * _HOLDOUT_FRACTION))
+    # A `val` pool serving as the test pool (Cityscapes) leaves `val` to the hold-out.
+    own_val = "val" in pools and test_pool != "val"
+    n_val = 0 if own_val else min(_HOLDOUT_MAX, int(len(order) * _HOLDOUT_FRACTION))
     parts = {"val": order[:n_val], "train": order[n_val:], "calib": order[n_val:]}
     return "train", parts[split]
 
@@ -64,7 +68,7 @@ def _single_pool_split(source: Source, split: str, seed: int) -> np.ndarray:
     return parts[split]
 
 
-def stratified_order(labels: np.ndarray | None, count: int, seed: int) -> np.ndarray:
+def stratified_order(labels: Labels, count: int, seed: int) -> np.ndarray:
     """A seeded permutation in which every prefix holds the classes in proportion.
 
     Each sample of a class with n members, at random rank r, gets the key (r + u) / n
@@ -74,6 +78,7 @@ def stratified_order(labels: np.ndarray | None, count: int, seed: int) -> np.nda
     rng = np.random.default_rng(seed)
     if labels is None or labels.ndim != 1:
         return rng.permutation(count)
+    labels = np.asarray(labels)  # class indices are always held in memory
     keys = np.empty(count, dtype=np.float64)
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)

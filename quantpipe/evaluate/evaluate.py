@@ -78,7 +78,7 @@ class SplitScores:
 def evaluate(runner: Runner, data: Selection, setup: EvalSetup) -> Score:
     """Run an active `runner` over `data`: top-1/top-5, mIoU, or, when the selection's
     labels are a reference model's predictions, arg-max agreement with them."""
-    if data.labels is None:
+    if not data.labelled:
         raise QuantpipeError(
             f"{data.dataset.kind} split {data.split} has no labels: give a reference model "
             "(--reference FP32.onnx) to measure agreement instead"

@@ -28,7 +28,7 @@ def ensure_labels(
         make_reference: builds the reference runner, only when it is needed.
         truth: how reports name the reference (e.g. "predictions of model.fp32.onnx").
     """
-    if selection.labels is not None:
+    if selection.labelled:
         return selection
     with make_reference() as reference:
         labels = [first_output(reference, x).argmax(1) for x, _ in selection.batches(batch_size)]

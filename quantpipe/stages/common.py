@@ -151,7 +151,7 @@ class LabelSource:
             fallback: a reference runner factory and its name, used when there is no
                 reference ONNX file (the btc stage passes its FP32 PyTorch model).
         """
-        if selection.labels is not None:
+        if selection.labelled:
             return selection
         path = self.path(run_path)
         if path.is_file() or fallback is None:
