@@ -89,17 +89,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun every stage")
     run.add_argument("--runs-dir", default="runs", help="parent of run directories")
     _add_execution_options(run)
+    _zoo_parser(sub)
     return parser
 
 
+def _zoo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "zoo", help="every built-in trained model and given checkpoints: btc, ptq, eval, table"
+    )
+    p.add_argument(
+        "--models", type=_csv(str), help="built-in models to include (default: all of them)"
+    )
+    p.add_argument("--no-builtin", action="store_true", help="only the --checkpoint models")
+    p.add_argument(
+        "--checkpoint",
+        nargs=3,
+        action="append",
+        metavar=("MODEL", "FILE", "DATA"),
+        help="a registry model's checkpoint and its data (NAME[:PATH]); repeatable",
+    )
+    p.add_argument("--out", default="zoo", help="directory of the runs and report.md")
+    p.add_argument("--quick", action="store_true", help="small sample counts (CI)")
+    p.add_argument("--force", action="store_true", help="rerun every stage")
+    _add_execution_options(p)
+
+
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a built-in small model (fmnist-cnn, digits-mlp)")
+    p = sub.add_parser("train", help="train a built-in small model (see `quantpipe models`)")
     _add_model_options(p)
     _add_data_options(p, required=True)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=6e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    recipe = "default: the model's recipe (`quantpipe models`), else %s"
+    p.add_argument("--epochs", type=int, help=recipe % 5)
+    p.add_argument("--batch-size", type=int, help=recipe % 256)
+    p.add_argument("--lr", type=float, help=recipe % 6e-3)
+    p.add_argument("--weight-decay", type=float, help=recipe % 1e-4)
     _add_run_options(p)
 
 

@@ -9,13 +9,16 @@ from functools import partial
 import torch
 from torch import nn
 
+from quantpipe.data.tabular_stats import TABULAR_STATS
 from quantpipe.errors import ModelError
 from quantpipe.models import torchvision_models as tv
 from quantpipe.models.checkpoint import load_weights
-from quantpipe.models.deploy import to_deploy_form
 from quantpipe.models.cifar_resnet import cifar_resnet
 from quantpipe.models.cifar_zoo.specs import zoo_specs
-from quantpipe.models.small import DigitsMLP, FmnistCNN
+from quantpipe.models.deploy import to_deploy_form
+from quantpipe.models.fmnist_mobile import FmnistMobileNetV2, FmnistShuffleNetV2
+from quantpipe.models.small import DigitsMLP, FmnistCNN, TabularMLP
+from quantpipe.models.small_fcn import SmallFCN
 from quantpipe.models.spec import (
     CIFAR_PREPROCESSING,
     IMAGENET_PREPROCESSING,
@@ -26,6 +29,8 @@ from quantpipe.models.user_model import is_user_model_ref, user_model_spec
 
 RANDOM_INIT_SEED = 0
 FMNIST_PREPROCESSING = Preprocessing(channels=1, size=(28, 28), mean=(0.2860,), std=(0.3530,))
+# Mosaics of whole garments: the same pixel statistics as Fashion-MNIST itself.
+FMNIST_SEG_PREPROCESSING = Preprocessing(channels=1, size=(56, 56), mean=(0.2860,), std=(0.3530,))
 # sklearn's digits are 8×8 with values 0..16; scaled to [0, 1] by the loader.
 DIGITS_PREPROCESSING = Preprocessing(channels=1, size=(8, 8), mean=(0.3,), std=(0.4,))
 
@@ -98,6 +103,36 @@ def _builtin_specs() -> dict[str, ModelSpec]:
             "small residual CNN for Fashion-MNIST",
         ),
         ModelSpec(
+            "fmnist-mobilenetv2",
+            FmnistMobileNetV2,
+            FMNIST_PREPROCESSING,
+            "classification",
+            10,
+            "trained",
+            "MobileNetV2 ×0.5 for Fashion-MNIST (depthwise, ReLU6)",
+            train_defaults=(("epochs", 5),),
+        ),
+        ModelSpec(
+            "fmnist-shufflenetv2",
+            FmnistShuffleNetV2,
+            FMNIST_PREPROCESSING,
+            "classification",
+            10,
+            "trained",
+            "ShuffleNetV2 ×0.5 for Fashion-MNIST (depthwise, channel shuffle)",
+            train_defaults=(("epochs", 5),),
+        ),
+        ModelSpec(
+            "fmnist-seg-fcn",
+            SmallFCN,
+            FMNIST_SEG_PREPROCESSING,
+            "segmentation",
+            11,
+            "trained",
+            "small FCN (ResNet-style backbone) for the fmnist-seg mosaics, 56×56",
+            train_defaults=(("epochs", 4), ("batch_size", 64)),
+        ),
+        ModelSpec(
             "digits-mlp",
             DigitsMLP,
             DIGITS_PREPROCESSING,
@@ -107,7 +142,25 @@ def _builtin_specs() -> dict[str, ModelSpec]:
             "MLP for scikit-learn's digits (8×8)",
         ),
     ]
+    specs += [_tabular_spec(name, classes) for name, classes in (("breast-cancer", 2), ("wine", 3))]
     return {s.name: s for s in specs}
+
+
+def _tabular_spec(data: str, classes: int) -> ModelSpec:
+    """A tabular MLP for one of the bundled tabular data sets: its features (F×1×1 inputs)
+    standardised with the train pool's statistics, recorded as the model's preprocessing."""
+    mean, std = TABULAR_STATS[data]
+    return ModelSpec(
+        f"tabular-mlp-{data}",
+        partial(TabularMLP, len(mean), classes),
+        Preprocessing(channels=len(mean), size=(1, 1), mean=mean, std=std),
+        "classification",
+        classes,
+        "trained",
+        f"MLP for scikit-learn's {data} table ({len(mean)} features, standardised)",
+        # A few hundred rows: small batches, many epochs (a second on one core).
+        train_defaults=(("epochs", 60), ("batch_size", 32), ("lr", 3e-3)),
+    )
 
 
 MODELS: dict[str, ModelSpec] = _builtin_specs()

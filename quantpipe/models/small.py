@@ -64,3 +64,22 @@ class DigitsMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class TabularMLP(nn.Module):
+    """`features` standardised inputs (shaped F×1×1, see the tabular data kinds) → classes;
+    the BTC paper's MLP case: three Linear layers with ReLU."""
+
+    def __init__(self, features: int, num_classes: int, hidden: tuple[int, int] = (64, 32)) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(features, hidden[0]),
+            nn.ReLU(),
+            nn.Linear(hidden[0], hidden[1]),
+            nn.ReLU(),
+            nn.Linear(hidden[1], num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

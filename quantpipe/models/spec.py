@@ -60,6 +60,9 @@ class ModelSpec:
     # the weights load and checked numerically; every stage then sees the deploy form.
     deploy: Callable[[nn.Module], nn.Module] | None = None
     deploy_form: str = ""  # what `deploy` does, for the metadata and reports
+    # The `train` stage's recipe for models it trains (epochs, batch_size, lr, weight_decay),
+    # as pairs so the spec stays hashable; the user's flags override it.
+    train_defaults: tuple[tuple[str, Any], ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

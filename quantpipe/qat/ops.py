@@ -101,8 +101,7 @@ def slice_(x: Inputs, a: dict[str, Any]) -> list[Tensor]:
 
 def pad(x: Inputs, a: dict[str, Any]) -> list[Tensor]:
     fill = _opt(x, 2)
-    mode = a.get("mode", "constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = _text(a.get("mode", "constant"))
     value = 0.0 if fill is None else float(fill.item())
     return [F.pad(_at(x, 0), _pads(_ints(_opt(x, 1))), mode=mode, value=value)]
 
@@ -144,6 +143,30 @@ def unsqueeze(x: Inputs, a: dict[str, Any]) -> list[Tensor]:
     return [t]
 
 
+def resize(x: Inputs, a: dict[str, Any]) -> list[Tensor]:
+    """ONNX Resize on N×C×H×W as F.interpolate: linear (half-pixel or align-corners) or
+    nearest (asymmetric, floor), by constant scales or sizes."""
+    data, scales, sizes = _at(x, 0), _opt(x, 2), _opt(x, 3)
+    mode = _text(a.get("mode", "nearest"))
+    transform = _text(a.get("coordinate_transformation_mode", "half_pixel"))
+    if mode not in ("nearest", "linear") or data.dim() != 4:
+        raise NotImplementedError(f"Resize mode {mode} on {data.dim()}-D input")
+    kwargs: dict[str, Any] = {}
+    if sizes is not None and sizes.numel():
+        kwargs["size"] = _ints(sizes)[2:]
+    else:
+        assert scales is not None
+        kwargs["scale_factor"] = [float(v) for v in scales.tolist()[2:]]
+    if mode == "linear":
+        kwargs["mode"] = "bilinear"
+        kwargs["align_corners"] = transform == "align_corners"
+    return [F.interpolate(data, **kwargs)]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _unary(fn: Callable[[Tensor], Tensor]) -> Op:
     return lambda x, a: [fn(_at(x, 0))]
 
@@ -176,6 +199,7 @@ OPS: dict[str, Op] = {
     "Concat": lambda x, a: [torch.cat([t for t in x if t is not None], dim=a["axis"])],
     "Slice": slice_,
     "Pad": pad,
+    "Resize": resize,
     "Softmax": lambda x, a: [torch.softmax(_at(x, 0), dim=a.get("axis", -1))],
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,

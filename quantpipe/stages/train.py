@@ -39,18 +39,16 @@ class TrainStage:
     name: ClassVar[str] = kind  # one record per run
     result_type: ClassVar[type[TrainResult]] = TrainResult
 
-    def __post_init__(self) -> None:
-        spec = self.model.spec
-        if spec.task != "classification":
-            raise QuantpipeError(
-                f"train supports classifiers only; {spec.name} is a {spec.task} model"
-            )
+    @property
+    def recipe(self) -> TrainConfig:
+        """The config with the model's recipe filled in where the user left a value unset."""
+        return self.config.resolved(dict(self.model.spec.train_defaults))
 
     def inputs(self, run: RunDir) -> dict[str, Path]:
         return {**self.model.inputs(None), **self.data.inputs()}
 
     def params(self) -> dict[str, Any]:
-        return {**self.model.params(), **self.config.to_dict(), **self.data.params()}
+        return {**self.model.params(), **self.recipe.to_dict(), **self.data.params()}
 
     def run(self, ctx: StageContext) -> TrainResult:
         import torch
@@ -66,7 +64,8 @@ class TrainStage:
             raise QuantpipeError(f"data {self.data.spec} has no labels to train on")
         torch.manual_seed(seed)  # the initial weights are part of the result
         net = spec.build()
-        loss, seconds = fit(net, x, y, self.config, seed, ctx.progress)
+        classes = spec.num_classes if spec.task == "segmentation" else None
+        loss, seconds = fit(net, x, y, self.recipe, seed, ctx.progress, classes)
         val = select(dataset, "val", spec.preprocessing, seed)
         with TorchRunner(net) as runner:
             setup = EvalSetup(spec.task, spec.num_classes, progress=ctx.progress)

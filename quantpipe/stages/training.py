@@ -1,51 +1,87 @@
-"""The training loop for the small built-in models (AdamW + one-cycle, seeded), and its config."""
+"""The training loop for the small built-in models (AdamW + one-cycle, seeded), and its config.
+
+Classifiers minimise cross-entropy; segmentation models a class-weighted cross-entropy over
+pixels (median-frequency balancing, void pixels 255 ignored), so that the background that
+covers half of every image does not drown the rare classes.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from quantpipe.errors import QuantpipeError
+from quantpipe.evaluate.metrics import IGNORE_INDEX
 from quantpipe.progress import track
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+# Used where neither the user nor the model's recipe (ModelSpec.train_defaults) says.
+GENERIC_RECIPE: dict[str, Any] = {"epochs": 5, "batch_size": 256, "lr": 6e-3, "weight_decay": 1e-4}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 256
-    lr: float = 6e-3
-    weight_decay: float = 1e-4
+    """How to train; a field left None takes the model's recipe, then GENERIC_RECIPE."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise QuantpipeError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
-        if not 0 < self.lr < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise QuantpipeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lr is not None and not 0 < self.lr < 1:
             raise QuantpipeError(f"--lr must be in (0, 1), got {self.lr}")
-        if self.weight_decay < 0:
+        if self.weight_decay is not None and self.weight_decay < 0:
             raise QuantpipeError(f"--weight-decay must be ≥ 0, got {self.weight_decay}")
+
+    def resolved(self, recipe: Mapping[str, Any]) -> TrainConfig:
+        """Every field set: this config's, else the model's recipe's, else the generic one."""
+        merged = {**GENERIC_RECIPE, **recipe}
+        return replace(
+            self,
+            **{f.name: merged[f.name] for f in fields(self) if getattr(self, f.name) is None},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def fit(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int, progress: bool
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    seed: int,
+    progress: bool,
+    segmentation_classes: int | None = None,
 ) -> tuple[float, float]:
-    """Train `model` in place on (x, y); returns the last epoch's mean loss and the seconds."""
+    """Train `model` in place on (x, y); returns the last epoch's mean loss and the seconds.
+
+    `cfg` must be resolved; `segmentation_classes` switches to the weighted pixel loss.
+    Image batches run channels-last: depthwise and small convs train about 1.3× faster that
+    way on the CPU.
+    """
     import torch
     import torch.nn.functional as F
 
+    assert cfg.epochs and cfg.batch_size and cfg.lr is not None and cfg.weight_decay is not None
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    channels_last = xt.ndim == 4
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    weight = None if segmentation_classes is None else class_weights(y, segmentation_classes)
     steps_per_epoch = max(1, len(xt) // cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -61,7 +97,9 @@ def fit(
             range(steps_per_epoch), f"train epoch {epoch + 1}/{cfg.epochs}", progress, unit="step"
         ):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            xb = xt[idx].contiguous(memory_format=torch.channels_last) if channels_last else xt[idx]
+            target = yt[idx].long()
+            loss = F.cross_entropy(model(xb), target, weight=weight, ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -69,4 +107,19 @@ def fit(
             losses.append(loss.item())
         loss_mean = float(np.mean(losses))
     model.eval()
+    if channels_last:  # saved weights and later stages use the default layout
+        model.to(memory_format=torch.contiguous_format)
     return loss_mean, time.perf_counter() - start
+
+
+def class_weights(masks: np.ndarray, classes: int) -> torch.Tensor:
+    """Median-frequency balancing: w_c = median(freq) / freq_c over the labelled pixels;
+    classes absent from the masks get weight 0 (they cannot be learnt anyway)."""
+    import torch
+
+    counts = np.bincount(masks[masks != IGNORE_INDEX].ravel(), minlength=classes)[:classes]
+    freq = counts / max(counts.sum(), 1)
+    present = freq > 0
+    weights = np.zeros(classes, dtype=np.float32)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return torch.from_numpy(weights)

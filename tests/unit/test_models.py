@@ -36,7 +36,13 @@ def test_cifar_resnet_forward_shape_and_option_a_shortcut_has_no_parameters() ->
     assert not any("shortcut" in k for k in net.state_dict())
 
 
-@pytest.mark.parametrize("name", ["fmnist-cnn", "digits-mlp", "fcn-resnet18-19"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fmnist-cnn", "digits-mlp", "fcn-resnet18-19", "fmnist-mobilenetv2",
+        "fmnist-shufflenetv2", "fmnist-seg-fcn", "tabular-mlp-breast-cancer", "tabular-mlp-wine",
+    ],
+)  # fmt: skip
 def test_builtin_models_produce_their_declared_outputs(name: str) -> None:
     spec = MODELS[name]
     shape = (1, *spec.input_shape) if name != "fcn-resnet18-19" else (1, 3, 64, 128)

@@ -34,8 +34,12 @@ def _inputs(model: onnx.ModelProto, n: int = 4) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "name", ["fmnist-cnn", "digits-mlp", "cifar10-resnet20", "mobilenet_v2", "shufflenet_v2_x1_0"]
-)
+    "name",
+    [
+        "fmnist-cnn", "digits-mlp", "cifar10-resnet20", "mobilenet_v2", "shufflenet_v2_x1_0",
+        "fmnist-mobilenetv2", "fmnist-shufflenetv2", "fmnist-seg-fcn", "tabular-mlp-wine",
+    ],
+)  # fmt: skip
 def test_the_float_graph_computes_what_onnx_runtime_computes(name: str) -> None:
     model = _export(name)
     x = _inputs(model, 2)
@@ -55,7 +59,9 @@ def _amax(model: onnx.ModelProto, x: np.ndarray) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("name", ["fmnist-cnn", "cifar10-resnet20"])
+@pytest.mark.parametrize(
+    "name", ["fmnist-cnn", "cifar10-resnet20", "fmnist-mobilenetv2", "fmnist-seg-fcn"]
+)
 def test_fake_quantization_is_the_exported_qdq_model(name: str) -> None:
     model = _export(name)
     x = _inputs(model, 32)
