@@ -61,7 +61,11 @@ def _find(root: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (root / name).is_file():
             return root / name
-    raise DataError(f"{root} lacks {stem}.gz (expected the four Fashion-MNIST idx files)")
+    raise DataError(
+        f"{root} lacks {stem}.gz (expected the four Fashion-MNIST idx files): install the "
+        "Debian package dataset-fashion-mnist (make setup does) or pass the directory that "
+        "holds them"
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -153,3 +153,36 @@ def test_not_an_onnx_file(capsys, run_dir) -> None:
         ["eval", "--onnx", str(run_dir / "model.fp32.onnx"), "--data", "digits"],
         "is not a readable ONNX model",
     )
+
+
+def test_a_checkpoint_of_another_layout_names_its_keys_and_the_model_it_fits(
+    capsys, run_dir, tmp_path
+) -> None:
+    path = tmp_path / "akamaster.pt"  # the akamaster layout: `linear`, option-A shortcuts
+    torch.save(MODELS["cifar10-resnet20"].build().state_dict(), path)
+    argv = ["export", "--model", "chenyaofo-cifar10-resnet20", "--weights", str(path)]
+    _fails_cleanly(capsys, run_dir, argv, "these weights fit model cifar10-resnet20")
+    _fails_cleanly(capsys, run_dir, argv, "unexpected keys (e.g. linear.bias")
+
+
+def test_fmnist_seg_without_the_fashion_mnist_files(capsys, run_dir, tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    argv = ["train", "--model", "fmnist-seg-fcn", "--data", f"fmnist-seg:{tmp_path / 'empty'}"]
+    _fails_cleanly(capsys, run_dir, argv, "lacks train-images-idx3-ubyte.gz")
+    _fails_cleanly(capsys, run_dir, argv, "install the Debian package dataset-fashion-mnist")
+
+
+def test_a_cityscapes_tree_missing_a_gtfine_file(capsys, run_dir, tmp_path) -> None:
+    from PIL import Image
+
+    for pool in ("train", "val"):
+        images, labels = (tmp_path / "cs" / top / pool / "ulm" for top in ("leftImg8bit", "gtFine"))
+        images.mkdir(parents=True)
+        labels.mkdir(parents=True)
+        for k in range(2):
+            stem = f"ulm_{k:06d}_000019"
+            Image.new("RGB", (32, 16)).save(images / f"{stem}_leftImg8bit.png")
+            if (pool, k) != ("val", 1):
+                Image.new("L", (32, 16)).save(labels / f"{stem}_gtFine_labelIds.png")
+    argv = ["train", "--model", "fmnist-seg-fcn", "--data", f"cityscapes:{tmp_path / 'cs'}"]
+    _fails_cleanly(capsys, run_dir, argv, "ulm_000001_000019_gtFine_labelIds.png")
