@@ -19,7 +19,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-engines bench-pareto bench-serve docker models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-engines bench-pareto bench-serve zoo docker models datasets backends clean
 
 setup: $(STAMP) $(SERVE_STAMP)
 
@@ -76,6 +76,13 @@ ptq: setup
 	$(QP) ptq $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
 
 # QAT on one process; data-parallel: torchrun --nproc_per_node=N -m quantpipe qat ... (README)
+# Every built-in trained model (and ../shared's chenyaofo ResNet-20 where it exists) through
+# export, btc, ptq and eval: zoo/report.md. CI runs `quantpipe zoo --quick` in the tests.
+ZOO_CHECKPOINT ?= ../shared/weights/chenyaofo-cifar10_resnet20-4118986f.pt
+ZOO_DATA ?= cifar10:../shared/data/cifar10-test-jpeg.tar
+zoo: setup
+	$(QP) zoo --out zoo $(if $(wildcard $(ZOO_CHECKPOINT)),--checkpoint chenyaofo-cifar10-resnet20 $(ZOO_CHECKPOINT) $(ZOO_DATA)) $(EXTRA)
+
 qat: setup
 	$(QP) qat $(if $(RUN),--run $(RUN)) --data $(DATA) $(EXTRA)
 
@@ -132,4 +139,4 @@ docker:
 	$(DOCKER) build -f docker/Dockerfile.gpu -t quantpipe-gpu .
 
 clean:
-	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf runs zoo .pytest_cache .mypy_cache .ruff_cache

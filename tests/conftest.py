@@ -11,6 +11,7 @@ SHARED = ROOT.parent / "shared"
 CIFAR_TAR = SHARED / "data" / "cifar10-test-jpeg.tar"
 RESNET20 = SHARED / "weights" / "cifar10-resnet20-12fca82f.th"
 RESNET32 = SHARED / "weights" / "cifar10-resnet32-d509ac18.th"
+ZOO_RESNET20 = SHARED / "weights" / "chenyaofo-cifar10_resnet20-4118986f.pt"
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 needs_shared = pytest.mark.skipif(

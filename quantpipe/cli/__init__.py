@@ -36,6 +36,7 @@ COMMANDS = {
     "compare": "quantpipe.cli.compare_command:cmd_compare",
     "inspect": "quantpipe.cli.inspect_command:cmd_inspect",
     "run": "quantpipe.cli.run_command:cmd_run",
+    "zoo": "quantpipe.cli.zoo_command:cmd_zoo",
 }
 # Libraries a command may need that a slim (e.g. serving-only) install can lack.
 _OPTIONAL_STACK = (

@@ -16,6 +16,7 @@ from quantpipe.errors import QuantpipeError
 from quantpipe.models.spec import ModelSpec, Preprocessing
 
 PREPROCESSING_KEY = "quantpipe.preprocessing"
+DEPLOY_FORM_KEY = "quantpipe.deploy_form"
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,11 @@ class ModelContract:
     preprocessing: Preprocessing
     task: str
     num_classes: int
+    deploy_form: str = ""  # e.g. RepVGG's fused form: what the graph is, when not train-time
 
     @staticmethod
     def of_spec(spec: ModelSpec) -> ModelContract:
-        return ModelContract(spec.preprocessing, spec.task, spec.num_classes)
+        return ModelContract(spec.preprocessing, spec.task, spec.num_classes, spec.deploy_form)
 
 
 def set_metadata(proto: Any, spec: ModelSpec) -> None:
@@ -41,6 +43,8 @@ def set_metadata(proto: Any, spec: ModelSpec) -> None:
         "quantpipe.input_shape": json.dumps(list(spec.input_shape)),
         PREPROCESSING_KEY: json.dumps(spec.preprocessing.to_dict()),
     }
+    if spec.deploy_form:  # the graph is not the train-time architecture: say which form
+        meta[DEPLOY_FORM_KEY] = spec.deploy_form
     existing = {p.key: p for p in proto.metadata_props}
     for key, value in meta.items():
         prop = existing.get(key) or proto.metadata_props.add()
@@ -76,6 +80,7 @@ def contract_from_onnx(path: Path) -> ModelContract | None:
         Preprocessing.from_dict(json.loads(meta[PREPROCESSING_KEY])),
         meta.get("quantpipe.task", "classification"),
         int(meta.get("quantpipe.num_classes", "0")),
+        meta.get(DEPLOY_FORM_KEY, ""),
     )
 
 

@@ -51,12 +51,15 @@ class ExportResult(JsonResult):
     parity: Parity
     graph: GraphSummary
     weights: str | None
+    deploy_form: str = ""  # set when the exported model is a deploy form (e.g. fused RepVGG)
 
     def lines(self) -> list[str]:
         p = self.parity
+        form = [f"exported the deploy form: {self.deploy_form}"] if self.deploy_form else []
         return [
+            *form,
             f"parity vs PyTorch: max |Δlogit| {p.max_abs_diff:.2e}, top-1 agreement "
-            f"{p.top1_agreement:.2f} % on {p.data}"
+            f"{p.top1_agreement:.2f} % on {p.data}",
         ]
 
 
@@ -105,7 +108,8 @@ class ExportStage:
         ):
             parity = check_parity(ref, cand, samples)
         _enforce(parity, self.data is None, self.model.spec.name)
-        return ExportResult(parity, GraphSummary(**graph_summary(proto)), weights)
+        graph = GraphSummary(**graph_summary(proto))
+        return ExportResult(parity, graph, weights, self.model.spec.deploy_form)
 
     def _parity_samples(self) -> Selection:
         spec, cfg = self.model.spec, self.config

@@ -113,6 +113,7 @@ class PtqStage:
             data_val=val.info(),
             data_test=test.info(),
             truth=test.truth,
+            input_form=contract.deploy_form,
         )
 
     def _tables(

@@ -97,6 +97,7 @@ class PtqResult(JsonResult):
     data_val: DataInfo
     data_test: DataInfo
     truth: str = "labels"
+    input_form: str = ""  # the input's deploy form (e.g. fused RepVGG), when it has one
 
     @property
     def kept(self) -> CalibratorScores:
@@ -112,7 +113,8 @@ class PtqResult(JsonResult):
             f"INT8 Q/DQ ({self.calibrator} calibration kept on val; {how}"
             f"{self.qdq.quantize_linear} QuantizeLinear): test {self.kept.test:.2f} % vs "
             f"{self._input_name()} {self.fp32.test:.2f} % ({self.data_test.count:,} samples"
-            f"{self._truth_note()})"
+            f"{self._truth_note()})",
+            *([f"quantized the deploy form: {self.input_form}"] if self.input_form else []),
         ]
 
     def artifact_bits(self) -> dict[str, str]:
@@ -135,10 +137,11 @@ class PtqResult(JsonResult):
         rows.append(("INT8 ONNX Runtime CPU build", "", "", f"{ort.test:.2f}", delta, ""))
         d = self.data_test
         metric = "agreement" if self.truth != "labels" else "headline metric"
+        form = f" Quantized form: deploy ({self.input_form})." if self.input_form else ""
         note = (
             f"Accuracy (%, {metric}) on {d.dataset} val/test splits; test = {d.count:,} "
             f"samples ({d.where()}){self._truth_note()}. Calibration: "
-            f"{self.calibration.describe()}."
+            f"{self.calibration.describe()}.{form}"
             f"\nONNX Runtime CPU: the Q/DQ model {ort.portable_kernels.describe()};"
             f"\n  its CPU build {ort.kernels.describe()}."
         )

@@ -17,11 +17,9 @@ from quantpipe.models.cifar_zoo.specs import (
 from quantpipe.models.deploy import DEPLOY_TOLERANCE
 from quantpipe.models.registry import MODELS, build_model
 from quantpipe.models.spec import ModelSpec
-
-SHARED = Path("../shared")
-ZOO_RESNET20 = SHARED / "weights/chenyaofo-cifar10_resnet20-4118986f.pt"
-AKAMASTER_RESNET20 = SHARED / "weights/cifar10-resnet20-12fca82f.th"
-CIFAR10_JPEG = SHARED / "data/cifar10-test-jpeg.tar"
+from tests.conftest import CIFAR_TAR as CIFAR10_JPEG
+from tests.conftest import RESNET20 as AKAMASTER_RESNET20
+from tests.conftest import ZOO_RESNET20
 
 # (state_dict entries, parameters) of the zoo's own definitions (pytorch_cifar_models at
 # chenyaofo/pytorch-cifar-models 786c162), counted by building each `cifar10_<name>` /
