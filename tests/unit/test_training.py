@@ -19,6 +19,15 @@ def test_the_users_value_beats_the_models_recipe_which_beats_the_generic_one() -
     assert resolved.batch_size == recipe["batch_size"]  # the model's
     assert resolved.lr == GENERIC_RECIPE["lr"]  # nobody's: generic
     assert None not in resolved.to_dict().values()
+    assert resolved.to_dict()["channels_last"] is True  # the depthwise/FCN recipes' speed-up
+
+
+def test_models_without_the_channels_last_recipe_keep_their_recorded_parameters() -> None:
+    # fmnist-cnn's published weights were trained before channels_last existed: its train
+    # record (and so whether a run is up to date) must not change.
+    assert TrainConfig().resolved(dict(MODELS["fmnist-cnn"].train_defaults)).to_dict() == {
+        "epochs": 5, "batch_size": 256, "lr": 6e-3, "weight_decay": 1e-4,
+    }  # fmt: skip
 
 
 def test_a_bad_training_value_is_refused() -> None:
