@@ -16,7 +16,7 @@ from quantpipe.models.checkpoint import load_weights
 from quantpipe.models.cifar_resnet import cifar_resnet
 from quantpipe.models.cifar_zoo.specs import zoo_specs
 from quantpipe.models.deploy import to_deploy_form
-from quantpipe.models.fmnist_mobile import FmnistMobileNetV2, FmnistShuffleNetV2
+from quantpipe.models.fmnist_mobile import fmnist_mobilenetv2, fmnist_shufflenetv2
 from quantpipe.models.small import DigitsMLP, FmnistCNN, TabularMLP
 from quantpipe.models.small_fcn import SmallFCN
 from quantpipe.models.spec import (
@@ -104,7 +104,7 @@ def _builtin_specs() -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             "fmnist-mobilenetv2",
-            FmnistMobileNetV2,
+            fmnist_mobilenetv2,
             FMNIST_PREPROCESSING,
             "classification",
             10,
@@ -115,7 +115,7 @@ def _builtin_specs() -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             "fmnist-shufflenetv2",
-            FmnistShuffleNetV2,
+            fmnist_shufflenetv2,
             FMNIST_PREPROCESSING,
             "classification",
             10,

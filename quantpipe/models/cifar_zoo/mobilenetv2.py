@@ -75,12 +75,21 @@ class InvertedResidual(nn.Module):
 class ZooMobileNetV2(nn.Module):
     """`features` (stem, 17 inverted residuals, 1×1 head conv), GAP, `classifier`."""
 
-    def __init__(self, width: float, num_classes: int) -> None:
+    def __init__(
+        self,
+        width: float,
+        num_classes: int,
+        in_channels: int = 3,
+        stem_stride: int = 1,
+        blocks: tuple[tuple[int, int, int, int], ...] = _BLOCKS,
+    ) -> None:
+        """The zoo's CIFAR model by default; `fmnist-mobilenetv2` changes the input
+        channels, the stem's stride and the block strides for 28×28 inputs."""
         super().__init__()
         in_ch = round_channels(_STEM * width)
         head = round_channels(_HEAD * max(1.0, width))  # the head never gets narrower
-        layers: list[nn.Module] = [ConvBNReLU6(3, in_ch, stride=1)]
-        for expansion, channels, repeats, first_stride in _BLOCKS:
+        layers: list[nn.Module] = [ConvBNReLU6(in_channels, in_ch, stride=stem_stride)]
+        for expansion, channels, repeats, first_stride in blocks:
             out_ch = round_channels(channels * width)
             for i in range(repeats):
                 layers.append(

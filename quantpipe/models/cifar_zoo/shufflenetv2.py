@@ -75,9 +75,9 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(out, 2)
 
 
-def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
+def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, 1, kernel // 2, bias=False),
+        nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False),
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
     )
@@ -86,9 +86,17 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
 class ZooShuffleNetV2(nn.Module):
     """Stem (3×3, stride 1), three stages each opening with a stride-2 unit, conv5, GAP, fc."""
 
-    def __init__(self, channels: tuple[int, int, int, int, int], num_classes: int) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, int, int, int, int],
+        num_classes: int,
+        in_channels: int = 3,
+        stem_stride: int = 1,
+    ) -> None:
+        """The zoo's CIFAR model by default; `fmnist-shufflenetv2` takes one input channel
+        and a stride-2 stem for 28×28 inputs."""
         super().__init__()
-        self.conv1 = _conv_bn_relu(3, channels[0], 3)
+        self.conv1 = _conv_bn_relu(in_channels, channels[0], 3, stem_stride)
         stages = []
         in_ch = channels[0]
         for repeats, out_ch in zip(_REPEATS, channels[1:4], strict=True):
