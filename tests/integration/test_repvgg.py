@@ -54,6 +54,6 @@ def test_the_exported_graph_is_the_fused_deploy_form(run: Path) -> None:
 
 
 def test_ptq_and_btc_say_they_worked_on_the_deploy_form(run: Path) -> None:
-    assert "fused" in _results(run, "ptq.fp32")["input_form"]
+    assert "fused" in _results(run, "ptq")["input_form"]
     btc = (run / "btc" / "report.md").read_text()
     assert "rbr_reparam" in btc and "rbr_dense" not in btc  # the layers coded are fused ones
