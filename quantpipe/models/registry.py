@@ -141,6 +141,8 @@ def _builtin_specs() -> dict[str, ModelSpec]:
             10,
             "trained",
             "MLP for scikit-learn's digits (8×8)",
+            # 1,078 training images: batch 256 made 4 steps an epoch (72 % on test).
+            train_defaults=(("epochs", 30), ("batch_size", 32)),
         ),
     ]
     specs += [_tabular_spec(name, classes) for name, classes in (("breast-cancer", 2), ("wine", 3))]
