@@ -11,20 +11,13 @@ measured 4× slower to train for no accuracy within the budget.
 
 from __future__ import annotations
 
-from quantpipe.models.cifar_zoo.mobilenetv2 import ZooMobileNetV2
+from quantpipe.models.cifar_zoo.mobilenetv2 import BLOCKS, ZooMobileNetV2
 from quantpipe.models.cifar_zoo.shufflenetv2 import STAGE_CHANNELS, ZooShuffleNetV2
 
-# (expansion t, channels c, repeats n, first stride s) of MobileNetV2, strides for 28×28
-# after a stride-2 stem.
-_MBV2_BLOCKS = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 1),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
+# The zoo's (expansion, channels, repeats, first stride) table with the strides for 28×28
+# inputs after a stride-2 stem: 14 → 7 → 4 → 2.
+_MBV2_STRIDES = (1, 2, 1, 2, 1, 2, 1)
+_MBV2_BLOCKS = tuple((t, c, n, s) for (t, c, n, _), s in zip(BLOCKS, _MBV2_STRIDES, strict=True))
 
 
 def fmnist_mobilenetv2(num_classes: int = 10) -> ZooMobileNetV2:

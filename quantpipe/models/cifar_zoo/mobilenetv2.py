@@ -13,7 +13,7 @@ from torch import nn
 
 # (expansion t, output channels c, repeats n, first stride s); the ImageNet table with
 # the second row's stride set to 1.
-_BLOCKS: tuple[tuple[int, int, int, int], ...] = (
+BLOCKS: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1),
     (6, 24, 2, 1),
     (6, 32, 3, 2),
@@ -81,7 +81,7 @@ class ZooMobileNetV2(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         stem_stride: int = 1,
-        blocks: tuple[tuple[int, int, int, int], ...] = _BLOCKS,
+        blocks: tuple[tuple[int, int, int, int], ...] = BLOCKS,
     ) -> None:
         """The zoo's CIFAR model by default; `fmnist-mobilenetv2` changes the input
         channels, the stem's stride and the block strides for 28×28 inputs."""
