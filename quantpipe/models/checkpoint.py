@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from functools import cache
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,29 +47,36 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {_strip_prefix(k): v for k, v in obj.items()}
 
 
-def load_weights(model: nn.Module, weights: str, model_name: str) -> None:
-    """Load `weights` into `model`; any mismatch (bar BatchNorm step counters) names a few keys."""
+def load_weights(
+    model: nn.Module,
+    weights: str,
+    model_name: str,
+    layout_hint: Callable[[Shapes], str] | None = None,
+) -> None:
+    """Load `weights` into `model`; any mismatch (bar BatchNorm step counters) names a few
+    keys, and `layout_hint` (the checkpoint's shapes → the end of the message) may name
+    the model they fit."""
     path = check_weights_argument(weights)
     state = read_state_dict(path)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    missing, unexpected, wrong_shape = _differences(_shapes_of(model), shapes)
+    missing, unexpected, wrong_shape = differences(shapes_of(model), shapes)
     if missing or unexpected or wrong_shape:
         message = _mismatch_message(path, model_name, missing, unexpected, wrong_shape)
-        hint = _layout_hint(shapes, model_name) or (
+        hint = (layout_hint(shapes) if layout_hint else "") or (
             "; check that --model names the architecture these weights were trained for"
         )
         raise ModelError(message + hint)
     model.load_state_dict(state, strict=False)
 
 
-_Shapes = dict[str, tuple[int, ...]]
+Shapes = dict[str, tuple[int, ...]]
 
 
-def _shapes_of(model: nn.Module) -> _Shapes:
+def shapes_of(model: nn.Module) -> Shapes:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _differences(expected: _Shapes, state: _Shapes) -> tuple[list[str], list[str], list[str]]:
+def differences(expected: Shapes, state: Shapes) -> tuple[list[str], list[str], list[str]]:
     """(missing, unexpected, wrong-shape) keys of `state` against a model's `expected`."""
     # Checkpoints from before PyTorch 0.4.1 lack BatchNorm's step counter; it is unused
     # in eval mode, so its absence is harmless.
@@ -78,55 +84,6 @@ def _differences(expected: _Shapes, state: _Shapes) -> tuple[list[str], list[str
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [k for k in expected if k in state and state[k] != expected[k]]
     return missing, unexpected, wrong_shape
-
-
-def _family(name: str) -> str:
-    """The architecture family of a registry name, for choosing hint candidates.
-
-    `chenyaofo-cifar100-mobilenetv2_x0_5`, `mobilenet_v2` and `fmnist-mobilenetv2` are
-    all "mobilenet"; `cifar10-resnet20` and `resnet50` are "resnet".
-    """
-    last = name.rsplit("-", 1)[-1].rsplit(":", 1)[-1].lower()
-    match = re.match(r"[a-z]+", last)
-    return match.group(0).removesuffix("v") if match else last
-
-
-@cache
-def _registry_shapes(name: str) -> _Shapes | None:
-    """State-dict shapes of registry entry `name`, built on the meta device (no memory,
-    no init cost); None where that build fails (a hint is best-effort)."""
-    from quantpipe.models.registry import MODELS  # the registry imports this module
-
-    try:
-        with torch.device("meta"):
-            return _shapes_of(MODELS[name].build())
-    except Exception:  # any builder error only means "no hint from this entry"
-        return None
-
-
-def _layout_hint(state: _Shapes, model_name: str) -> str:
-    """The end of a mismatch error naming the registry entries that take `state` as is.
-
-    Catches the likely mix-ups: akamaster vs zoo ResNet layouts, CIFAR-10 vs CIFAR-100
-    heads, one depth or width for another. Empty when nothing fits. Only entries of the
-    same family are built: all 50-odd, even on the meta device, would add seconds to
-    every mismatch error.
-    """
-    from quantpipe.models.registry import MODELS
-
-    family = _family(model_name)
-    fits = [
-        name
-        for name in MODELS
-        if name != model_name
-        and _family(name) == family
-        and (shapes := _registry_shapes(name)) is not None
-        and not any(_differences(shapes, state))
-    ]
-    if not fits:
-        return ""
-    also = f" (as do {', '.join(fits[1:])})" if len(fits) > 1 else ""
-    return f"; these weights fit model {fits[0]}{also}: pass --model {fits[0]}"
 
 
 def _torch_load(path: Path) -> Any:

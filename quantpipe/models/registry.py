@@ -17,6 +17,7 @@ from quantpipe.models.cifar_resnet import cifar_resnet
 from quantpipe.models.cifar_zoo.specs import zoo_specs
 from quantpipe.models.deploy import to_deploy_form
 from quantpipe.models.fmnist_mobile import fmnist_mobilenetv2, fmnist_shufflenetv2
+from quantpipe.models.layout_hint import layout_hint
 from quantpipe.models.small import DigitsMLP, FmnistCNN, TabularMLP
 from quantpipe.models.small_fcn import SmallFCN
 from quantpipe.models.spec import (
@@ -186,7 +187,9 @@ def build_model(spec: ModelSpec, weights: str | None) -> nn.Module:
         raise ModelError(f"model {spec.name} needs trained weights: pass --weights FILE")
     if weights is not None:
         model = spec.build()
-        load_weights(model, weights, spec.name)
+        load_weights(
+            model, weights, spec.name, partial(layout_hint, model_name=spec.name, specs=MODELS)
+        )
         return to_deploy_form(model.eval(), spec)
     # Without weights every stage must see the same random model (export's ONNX and btc's
     # or eval's PyTorch model were different draws before): a fixed seed, with the global
