@@ -52,9 +52,14 @@ class Score(JsonResult):
             raise ValueError(f"score without its headline metric {self.metric}")
         return float(value)
 
+    @property
+    def label(self) -> str:
+        """The headline metric's name as reports print it: top-1, mIoU, agreement."""
+        return _LABELS[self.metric]
+
     def short(self) -> str:
         """`top-1 91.16 %`: for tables whose caption names the data."""
-        return f"{_LABELS[self.metric]} {self.value:.2f} %"
+        return f"{self.label} {self.value:.2f} %"
 
     def headline(self) -> str:
         """One line naming the metric, the data set and its size."""

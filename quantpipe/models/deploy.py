@@ -40,14 +40,3 @@ def to_deploy_form(model: nn.Module, spec: ModelSpec) -> nn.Module:
             f"{DEPLOY_TOLERANCE:g}); the weights may be corrupt: check --weights"
         )
     return deployed
-
-
-def deploy_difference(model: nn.Module, spec: ModelSpec) -> float:
-    """Max |logit| difference between `model` and its deploy form (for tests and reports)."""
-    generator = torch.Generator().manual_seed(_CHECK_SEED)
-    x = torch.randn((_CHECK_BATCH, *spec.input_shape), generator=generator)
-    model.eval()
-    with torch.no_grad():
-        before = model(x)
-        assert spec.deploy is not None
-        return float((before - spec.deploy(model).eval()(x)).abs().max())

@@ -108,7 +108,7 @@ def _row(
     return ZooRow(
         model=entry.model,
         weights=Path(entry.weights).name if entry.weights else "trained by the zoo",
-        metric=fp32_eval.short().split(" ")[0],
+        metric=fp32_eval.label,
         data=fp32_eval.data,
         parameters=summarize(get_model_spec(entry.model)).parameters,
         fp32=fp32,
