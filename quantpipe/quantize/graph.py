@@ -42,21 +42,30 @@ class GraphIndex:
                     self.uses[name].append(Use(node, k))
 
     def constant_source(self, name: str) -> str | None:
-        """The initializer that ``name`` is, directly or through Identity nodes, else None."""
+        """The initializer or Constant node output that ``name`` is, directly or through
+        Identity nodes, else None. (The PyTorch exporter writes Clip bounds as Constant
+        nodes.)"""
         seen = 0
         while name not in self.initializers:
             node = self.producer.get(name)
+            if node is not None and _tensor_constant(node) is not None:
+                return name
             if node is None or node.op_type != "Identity" or seen > 64:
                 return None
             name, seen = node.input[0], seen + 1
         return name
 
     def constant(self, name: str) -> np.ndarray | None:
-        """Value of ``name`` if it is a constant (initializer, maybe behind Identity)."""
+        """Value of ``name`` if it is a constant (initializer or Constant node, maybe behind
+        Identity)."""
         source = self.constant_source(name)
         if source is None:
             return None
-        return numpy_helper.to_array(self.initializers[source])
+        if source in self.initializers:
+            return numpy_helper.to_array(self.initializers[source])
+        tensor = _tensor_constant(self.producer[source])
+        assert tensor is not None  # constant_source checked it
+        return numpy_helper.to_array(tensor)
 
     def is_activation(self, name: str) -> bool:
         """A float tensor computed at run time (not a constant, not empty)."""
@@ -64,6 +73,14 @@ class GraphIndex:
 
     def consumers(self, name: str) -> list[Use]:
         return self.uses.get(name, [])
+
+
+def _tensor_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a Constant node that holds one in ``value``, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    value = next((a for a in node.attribute if a.name == "value"), None)
+    return value.t if value is not None and value.type == onnx.AttributeProto.TENSOR else None
 
 
 def attribute(node: onnx.NodeProto, name: str, default: int) -> int:

@@ -41,7 +41,7 @@ the INT8 Q/DQ model stays the portable artifact.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,8 @@ class OrtCpuBuild:
     model: onnx.ModelProto
     uint8_tensors: list[str]  # non-negative activations now UINT8 with zero point 0 (rule 1)
     merged_quantize: int  # QuantizeLinear nodes removed as duplicates (rule 2)
-    seven_bit_weights: list[str]  # the nodes whose weights were narrowed (rule 3)
+    seven_bit_weights: list[str]  # the nodes whose weights were narrowed (rules 3, 4)
+    clip_ranges: list[str] = field(default_factory=list)  # Clip outputs given c/255 (rule 4)
 
 
 def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
@@ -100,10 +101,12 @@ def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
                 use.node.input[2] = zero_point
     merged = _merge_duplicates(out, lowered, index)
     _movers_read_dequantized(out, non_negative)
-    seven_bit = _seven_bit_weights(out, GraphIndex(out))
+    kept = {id(n) for n in out.graph.node}
+    clipped = _fit_clip_ranges(out, [q for q in lowered if id(q) in kept], GraphIndex(out))
+    seven_bit = _seven_bit_weights(out, GraphIndex(out), set(clipped))
     drop_unused_initializers(out)
     uint8 = sorted({q.input[0] for q in lowered if q.name in non_negative})
-    return OrtCpuBuild(out, uint8, merged, seven_bit)
+    return OrtCpuBuild(out, uint8, merged, seven_bit, clipped)
 
 
 def _lowerable(node: onnx.NodeProto, index: GraphIndex) -> bool:
@@ -129,6 +132,35 @@ def _lowerable(node: onnx.NodeProto, index: GraphIndex) -> bool:
 def _same_scale(dq: onnx.NodeProto, scale: np.ndarray, index: GraphIndex) -> bool:
     other = index.constant(dq.input[1])
     return other is not None and other.size == 1 and other.item() == scale.item()
+
+
+def _fit_clip_ranges(
+    model: onnx.ModelProto, lowered: list[onnx.NodeProto], index: GraphIndex
+) -> list[str]:
+    """Rule 4: give the UINT8 Q behind a Clip(low >= 0, high) the scale high/255 where its
+    range 255·scale overshoots high, so that ONNX Runtime folds the Clip into it.
+
+    Returns the quantized Clip outputs (their codes now reach 255: see rule 3)."""
+    fitted = []
+    for q in lowered:
+        clip = index.producer.get(q.input[0])
+        zero_point = index.constant(q.input[2])
+        if clip is None or clip.op_type != "Clip" or zero_point is None or zero_point.any():
+            continue
+        high = index.constant(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else None
+        scale = index.constant(q.input[1])
+        if high is None or high.size != 1 or scale is None or not float(high.item()) > 0:
+            continue
+        fitted_scale = np.float32(float(high.item()) / 255)
+        if float(scale.item()) * 255 <= float(high.item()) or fitted_scale <= 0:
+            continue  # ONNX Runtime folds it already
+        name = _fresh(f"{q.input[1]}_clip_range", {t.name for t in model.graph.initializer})
+        model.graph.initializer.append(numpy_helper.from_array(np.array(fitted_scale), name))
+        q.input[1] = name
+        for use in index.consumers(q.output[0]):
+            use.node.input[1] = name
+        fitted.append(q.output[0])
+    return fitted
 
 
 def _pads_with_non_negative(node: onnx.NodeProto, index: GraphIndex) -> bool:
@@ -239,11 +271,14 @@ SEVEN_BIT = 63
 _U8S8_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
 
-def _seven_bit_weights(model: onnx.ModelProto, index: GraphIndex) -> list[str]:
-    """Narrow to [-63, 63] the INT8 weights of ops whose activation input is signed INT8."""
+def _seven_bit_weights(model: onnx.ModelProto, index: GraphIndex, wide: set[str]) -> list[str]:
+    """Narrow to [-63, 63] the INT8 weights of ops whose activation input is signed INT8,
+    or one of the ``wide`` quantized tensors whose UINT8 codes reach 255 (rule 4)."""
     narrowed, done = [], set()
     for node in model.graph.node:
-        if node.op_type not in _U8S8_OPS or not _signed_int8_input(node, index):
+        if node.op_type not in _U8S8_OPS:
+            continue
+        if not (_signed_int8_input(node, index) or _reads_wide(node, index, wide)):
             continue
         dq = index.producer.get(node.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.name in done:
@@ -252,6 +287,11 @@ def _seven_bit_weights(model: onnx.ModelProto, index: GraphIndex) -> list[str]:
             done.add(dq.name)
             narrowed.append(node.name)
     return narrowed
+
+
+def _reads_wide(node: onnx.NodeProto, index: GraphIndex, wide: set[str]) -> bool:
+    dq = index.producer.get(node.input[0])
+    return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in wide
 
 
 def _signed_int8_input(node: onnx.NodeProto, index: GraphIndex) -> bool:

@@ -23,6 +23,7 @@ other computing op stays float and is listed in the plan's ``float_nodes``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import onnx
@@ -39,7 +40,7 @@ from quantpipe.quantize.graph import (
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 INT8_PASSTHROUGH_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Concat"})
 # Ops that cost nothing worth reporting when they stay float.
-_TRANSPARENT_OPS = SHAPE_OPS | {"Relu", "Identity", "Constant"}
+_TRANSPARENT_OPS = SHAPE_OPS | {"Relu", "Clip", "Identity", "Constant"}
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,11 @@ def plan_qdq(model: onnx.ModelProto, config: QDQConfig | None = None) -> QDQPlan
     """Decide every Q/DQ pair for ``model`` (no graph change)."""
     config = config or QDQConfig()
     model = with_unique_node_names(model)
-    _require_names(model, config.exclude)
+    require_node_names(model, config.exclude)
     return _Planner(GraphIndex(model), config).plan()
 
 
-def _require_names(model: onnx.ModelProto, exclude: tuple[str, ...]) -> None:
+def require_node_names(model: onnx.ModelProto, exclude: tuple[str, ...]) -> None:
     names = {n.name for n in model.graph.node}
     missing = [n for n in exclude if n not in names]
     if missing:
@@ -176,7 +177,7 @@ class _Planner:
             return False
         for use in uses:
             quantized = (use.node.name, use.index) in self.edges.get(tensor, set())
-            passes = use.node.op_type in SHAPE_OPS and not self._excluded(use.node)
+            passes = is_data_move(use) and not self._excluded(use.node)
             if not quantized and not (passes and self._int8_consumed(use.node.output[0])):
                 return False
         return True
@@ -185,21 +186,13 @@ class _Planner:
         """Q/DQ on ``tensor`` for all its uses, and on down through shape ops."""
         for use in self.g.consumers(tensor):
             self._quantize(tensor, use)
-            if use.node.op_type in SHAPE_OPS:
+            if is_data_move(use):
                 self._quantize_chain(use.node.output[0])
-
-    def _amax_source(self, tensor: str) -> str:
-        """Tensor whose amax sets ``tensor``'s scale (see rule 3)."""
-        node = self.g.producer.get(tensor)
-        carries = node is not None and (node.op_type in SHAPE_OPS or node.op_type == "MaxPool")
-        if node is not None and carries and node.input[0] in self.edges:
-            return self._amax_source(node.input[0])
-        return tensor
 
     def _activations(self, nodes: list[onnx.NodeProto]) -> list[ActivationQuant]:
         order = [i.name for i in self.g.graph.input] + [o for n in nodes for o in n.output]
         return [
-            ActivationQuant(t, self._amax_source(t), tuple(sorted(self.edges[t])))
+            ActivationQuant(t, amax_source(self.g, t, self.edges), tuple(sorted(self.edges[t])))
             for t in order
             if t in self.edges
         ]
@@ -220,6 +213,21 @@ class _Planner:
         if node.op_type in INT8_PASSTHROUGH_OPS:
             return "output not consumed in INT8"
         return "unsupported op"
+
+
+def is_data_move(use: Use) -> bool:
+    """``use`` is the data input of a shape op (not a Reshape's shape, a Slice's bounds)."""
+    return use.node.op_type in SHAPE_OPS and use.index == 0
+
+
+def amax_source(index: GraphIndex, tensor: str, quantized: Collection[str]) -> str:
+    """Tensor whose amax sets ``tensor``'s scale: a shape op's or MaxPool's output takes its
+    quantized input's (see rule 3)."""
+    node = index.producer.get(tensor)
+    carries = node is not None and (node.op_type in SHAPE_OPS or node.op_type == "MaxPool")
+    if node is not None and carries and node.input[0] in quantized:
+        return amax_source(index, node.input[0], quantized)
+    return tensor
 
 
 def weight_axis(node: onnx.NodeProto, index: GraphIndex) -> int:

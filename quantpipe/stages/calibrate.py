@@ -43,9 +43,12 @@ from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
 from quantpipe.quantize import QDQConfig, plan_qdq
+from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
 from quantpipe.stages.common import DataRef
 
 MIN_RECOMMENDED_SAMPLES = 32
+# Which tensors a table holds: the portable plan's and the ONNX Runtime CPU build's.
+CALIBRATED_TENSORS = "portable+ort-cpu"
 CALIBRATOR_NAMES = tuple(CALIBRATORS)
 
 
@@ -141,7 +144,9 @@ def calibration_tables(
     one statistics pass over `calib` (shared by all missing calibrators)."""
     _warn_if_few(calib)
     model_sha = sha256_file(onnx_path)
-    provenance = calib.provenance()
+    # The tensor set is part of the key: tables made before the CPU build's widened plan
+    # lack its tensors, and are recomputed rather than reused.
+    provenance = {**calib.provenance(), "tensors": CALIBRATED_TENSORS}
     result = CalibrationTables({})
     missing = []
     for config in cfg.configs():
@@ -169,7 +174,7 @@ def _collect(
     ctx: StageContext,
 ) -> dict[CalibratorConfig, dict[str, float]]:
     model = onnx.load(str(onnx_path))
-    tensors = plan_qdq(model, QDQConfig(exclude=cfg.exclude)).calibration_tensors
+    tensors = plan_ort_cpu(model, QDQConfig(exclude=cfg.exclude)).calibration_tensors
     input_name = model.graph.input[0].name
     stats = collect_statistics(
         model,
@@ -210,4 +215,7 @@ def imported_table(path: Path, onnx_path: Path, cfg: CalibrateConfig) -> Calibra
         )
     config = make_config("max")
     provenance: dict[str, Any] = {"imported_trt_cache": str(path), "sha256": sha256_file(path)}
-    return make_table(sha256_file(onnx_path), config, provenance, {t: amax[t] for t in tensors})
+    # Tensors only the CPU build quantizes are kept where the cache has them (else float).
+    wanted = plan_ort_cpu(onnx.load(str(onnx_path)), QDQConfig(exclude=cfg.exclude))
+    kept = {t: amax[t] for t in wanted.calibration_tensors if t in amax}
+    return make_table(sha256_file(onnx_path), config, provenance, kept)

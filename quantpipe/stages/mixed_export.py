@@ -65,11 +65,14 @@ def export(
     trained = tmp / "trained.fp32.onnx"
     write_weights(s.model, module.float_weights(), trained)
     quantizer = Quantizer(trained, QDQConfig(exclude=s.exclude))
-    quantized = quantizer.quantize(module.activation_ranges(), s.ptq.calibrator, bits)
+    # The (maybe fine-tuned) ranges where the module has them; the calibrated ones for the
+    # tensors only the CPU build quantizes.
+    ranges = {**s.amax, **module.activation_ranges()}
+    quantized = quantizer.quantize(ranges, s.ptq.calibrator, bits)
     out = ctx.output(mp_file(onnx_path))
     quantized.save(out)
     ort_out = ctx.output(mp_file(onnx_path, "ort"))
-    ort_cpu = ort_cpu_build(quantized, ort_out, out, s.test, s.contract, ctx.threads)
+    ort_cpu = ort_cpu_build(quantizer, quantized, ort_out, out, s.test, s.contract, ctx.threads)
     exact = OrtConfig(threads=ctx.threads, qdq_fusions=False)
     scores = SplitScores(*(accuracy(out, sel, s.contract, exact) for sel in (s.val, s.test)))
     agreement = top1_agreement(module, out, s.test, exact)

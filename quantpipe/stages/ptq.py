@@ -99,7 +99,9 @@ class PtqStage:
         out = ctx.output(int8_file(self.onnx))
         result.save(out)
         ort_out = ctx.output(int8_file(self.onnx, "ort"))
-        ort_cpu = scoring.ort_cpu_build(result, ort_out, out, test, contract, ctx.threads)
+        ort_cpu = scoring.ort_cpu_build(
+            quantizer, result, ort_out, out, test, contract, ctx.threads
+        )
         return PtqResult(
             input=str(self.onnx),
             calibrator=best,

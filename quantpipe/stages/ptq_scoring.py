@@ -20,15 +20,23 @@ from quantpipe.evaluate.fidelity import output_kl
 from quantpipe.export.metadata import ModelContract, load_onnx, read_metadata
 from quantpipe.quantize import QDQConfig, quantize_qdq
 from quantpipe.quantize.bits import INT8, BitWidths
+from quantpipe.quantize.ort_cpu import OrtCpuBuild as CpuBuild
 from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
+from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
 from quantpipe.quantize.placement import FloatNode
+from quantpipe.quantize.qdq import apply_plan
 from quantpipe.stages.ptq_result import CalibratorScores, KernelCensus, OrtCpuBuild, QdqStructure
 
 
 @dataclass(frozen=True)
 class Quantized:
+    """A portable Q/DQ model and what made it (the CPU build is made from the same)."""
+
     model: onnx.ModelProto
     float_nodes: list[FloatNode]
+    amax: Mapping[str, float]
+    calibrator: str
+    bits: BitWidths = INT8
 
     def save(self, path: Path) -> None:
         onnx.save(self.model, str(path))
@@ -46,11 +54,23 @@ class Quantizer:
     def quantize(
         self, amax: Mapping[str, float], calibrator: str, bits: BitWidths = INT8
     ) -> Quantized:
+        """The portable Q/DQ model. ``amax`` may hold more tensors than its plan reads: the
+        CPU build (`for_ort_cpu`) quantizes more."""
         result = quantize_qdq(self.source, amax, self.config, bits)
         precision = "int8-qdq" if bits.is_int8 else "mixed-qdq"
         how = {"quantpipe.precision": precision, "quantpipe.calibrator": calibrator}
         replace_metadata(result.model, read_metadata(self.source) | how)
-        return Quantized(result.model, result.float_nodes)
+        return Quantized(result.model, result.float_nodes, dict(amax), calibrator, bits)
+
+    def for_ort_cpu(self, quantized: Quantized) -> CpuBuild:
+        """The ONNX Runtime CPU build of ``quantized``: the source quantized by the widened
+        plan (quantize/ort_cpu_plan.py), then rewritten for the CPU kernels (ort_cpu.py)."""
+        plan = plan_ort_cpu(self.source, self.config, quantized.amax)
+        model = apply_plan(self.source, plan, quantized.amax, quantized.bits)
+        build = build_for_ort_cpu(model)
+        meta = read_metadata(quantized.model) | {"quantpipe.runtime": "onnxruntime-cpu"}
+        replace_metadata(build.model, meta)
+        return build
 
 
 def score_all(
@@ -86,6 +106,7 @@ def score_all(
 
 
 def ort_cpu_build(
+    quantizer: Quantizer,
     quantized: Quantized,
     out: Path,
     portable: Path,
@@ -94,9 +115,7 @@ def ort_cpu_build(
     threads: int,
 ) -> OrtCpuBuild:
     """Write the ONNX Runtime CPU build of the portable model; its test accuracy and kernels."""
-    build = build_for_ort_cpu(quantized.model)
-    meta = read_metadata(quantized.model) | {"quantpipe.runtime": "onnxruntime-cpu"}
-    replace_metadata(build.model, meta)
+    build = quantizer.for_ort_cpu(quantized)
     onnx.save(build.model, str(out))
     return OrtCpuBuild(
         test=accuracy(out, test, contract, OrtConfig(threads=threads)),

@@ -114,11 +114,14 @@ def export(job: QatJob, s: Session, ctx: StageContext, tmp: Path) -> Exported:
     float_path = tmp / "trained.fp32.onnx"
     write_weights(s.model, s.module.float_weights(), float_path)
     quantizer = Quantizer(float_path, QDQConfig(exclude=s.exclude))
-    quantized = quantizer.quantize(s.module.activation_ranges(), s.ptq.calibrator)
+    # The learned ranges where QAT has them; the calibrated ones for the tensors only the
+    # CPU build quantizes.
+    ranges = {**s.amax, **s.module.activation_ranges()}
+    quantized = quantizer.quantize(ranges, s.ptq.calibrator)
     out = ctx.output(qat_file(job.onnx))
     quantized.save(out)
     ort_out = ctx.output(qat_file(job.onnx, "ort"))
-    ort_cpu = ort_cpu_build(quantized, ort_out, out, s.test, s.contract, ctx.threads)
+    ort_cpu = ort_cpu_build(quantizer, quantized, ort_out, out, s.test, s.contract, ctx.threads)
     exact = OrtConfig(threads=ctx.threads, qdq_fusions=False)
     ptq_model = ctx.run.artifact(int8_file(job.onnx))
 

@@ -1,0 +1,144 @@
+"""The ONNX Runtime CPU build's widened plan (quantpipe.quantize.ort_cpu_plan) on a small
+network of the blocks users bring: MobileNetV3 (Hardswish, a HardSigmoid SE gate), MobileNetV2
+(ReLU6, which the PyTorch exporter writes as Clip with Constant-node bounds), EfficientNet
+(SiLU as Sigmoid and Mul) and ShuffleNetV2 (a channel shuffle whose Reshape shape is
+computed at run time from int64 values).
+
+What counts is what ONNX Runtime then runs: every Conv as an integer kernel, conversions
+only around the ops it has no integer kernel for, int64 shape values never quantized, and
+outputs that stay close to the FP32 model's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from quantpipe.calibration import CollectConfig, MaxConfig, collect_statistics, compute_all
+from quantpipe.quantize import QDQConfig, plan_qdq
+from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
+from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
+from quantpipe.quantize.qdq import apply_plan
+
+
+class _Modern(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.se_reduce, self.se_expand = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.silu_conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu6(self.stem(x))
+        x = nn.functional.hardswish(self.dw(x))
+        gate = nn.functional.adaptive_avg_pool2d(x, 1)
+        gate = nn.functional.hardsigmoid(self.se_expand(torch.relu(self.se_reduce(gate))))
+        x = self.pw(x * gate)
+        n, c, h, w = x.size()  # ShuffleNetV2's shuffle: shapes computed from int64 values
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        x = nn.functional.silu(self.silu_conv(x)) + x
+        return self.head(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def _feeds(seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(4, 3, 12, 12)).astype(np.float32)} for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("plan") / "modern.onnx"
+    torch.onnx.export(
+        _Modern().eval(),
+        (torch.randn(1, 3, 12, 12),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+    )
+    return onnx.load(str(path))
+
+
+def _amax(model: onnx.ModelProto, tensors: list[str]) -> dict[str, float]:
+    stats = collect_statistics(model, _feeds(), tensors, CollectConfig(threads=1))
+    return dict(compute_all(stats, [MaxConfig()])[MaxConfig()])
+
+
+def _ops(model: onnx.ModelProto) -> Counter[str]:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def _build(fp32: onnx.ModelProto, config: QDQConfig | None = None) -> onnx.ModelProto:
+    plan = plan_ort_cpu(fp32, config)
+    amax = _amax(fp32, plan.calibration_tensors)
+    return build_for_ort_cpu(apply_plan(fp32, plan, amax)).model
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
+    from quantpipe.engines.ort_session import OrtConfig, make_session
+
+    return make_session(model, OrtConfig(threads=1)).run(None, feed)[0]
+
+
+def test_every_conv_runs_as_an_integer_kernel(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    build = _build(fp32)
+    path = tmp_path / "build.onnx"
+    onnx.save(build, str(path))
+    census = ort_cpu_kernels(path, tmp_path / "optimized.onnx")
+    assert census["integer"]["QLinearConv"] == _ops(fp32)["Conv"] == 6
+    assert census["integer"]["QLinearMul"] >= 2  # the SE gate and SiLU's x * sigmoid(x)
+    assert "Conv" not in census["float"] and "FusedConv" not in census["float"]
+    optimized = _ops(onnx.load(str(tmp_path / "optimized.onnx")))
+    assert optimized["Clip"] == 0  # ReLU6 folded into its QuantizeLinear (rule 4)
+    # Conversions only around the ops without an integer kernel: Hardswish, HardSigmoid,
+    # and the float Gemm at the output.
+    assert census["conversions"]["QuantizeLinear"] <= 3
+
+
+def test_the_build_stays_close_to_fp32(fp32: onnx.ModelProto) -> None:
+    build = _build(fp32)
+    feed = _feeds(seed=5)[0]
+    ref, out = _run(fp32, feed), _run(build, feed)
+    cosine = float(np.sum(ref * out) / np.linalg.norm(ref) / np.linalg.norm(out))
+    assert cosine > 0.99
+
+
+def test_int64_shape_values_are_never_quantized(fp32: onnx.ModelProto) -> None:
+    inferred = onnx.shape_inference.infer_shapes(fp32)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    for plan in (plan_qdq(fp32), plan_ort_cpu(fp32)):
+        quantized = {a.tensor for a in plan.activations}
+        assert all(
+            types.get(t, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for t in quantized
+        )
+
+
+def test_the_widened_plan_contains_the_portable_one(fp32: onnx.ModelProto) -> None:
+    portable, widened = plan_qdq(fp32), plan_ort_cpu(fp32)
+    assert set(portable.calibration_tensors) < set(widened.calibration_tensors)
+    assert widened.weights == portable.weights
+
+
+def test_tensors_a_table_lacks_stay_float(fp32: onnx.ModelProto) -> None:
+    portable = plan_qdq(fp32)
+    only_portable = plan_ort_cpu(fp32, amax=portable.calibration_tensors)
+    assert set(only_portable.calibration_tensors) == set(portable.calibration_tensors)
+
+
+def test_an_excluded_node_reads_the_float_tensor(fp32: onnx.ModelProto) -> None:
+    pw = next(n.name for n in fp32.graph.node if n.op_type == "Conv" and "pw" in n.name)
+    plan = plan_ort_cpu(fp32, QDQConfig(exclude=(pw,)))
+    assert not any(node == pw for a in plan.activations for node, _ in a.uses)
+    assert all(w.node != pw for w in plan.weights)
