@@ -50,11 +50,13 @@ from onnx import numpy_helper
 
 from quantpipe.engines.ort_session import OrtConfig, make_session
 from quantpipe.quantize.graph import SHAPE_OPS, GraphIndex, drop_unused_initializers
+from quantpipe.quantize.ort_cpu_hard import integer_hard_activations
 
 # Ops that only select, copy or reorder values (Pad: with zeros, checked where it matters).
 _MOVES_DATA = SHAPE_OPS | {"Identity", "Pad", "MaxPool", "GlobalMaxPool", "Concat"}
 # Ops whose output is >= 0 wherever their (first, or every for Concat) input is.
 _SIGN_PRESERVING = _MOVES_DATA | {"AveragePool", "GlobalAveragePool"}
+_READS_SHAPE = frozenset({"Shape", "Size"})  # read only the shape of their input
 UINT8_ZERO = "ort_cpu_uint8_zero_point"
 UINT8_MIDDLE = "ort_cpu_uint8_zero_point_128"  # for signed tensors: the INT8 range shifted
 
@@ -68,6 +70,7 @@ class OrtCpuBuild:
     merged_quantize: int  # QuantizeLinear nodes removed as duplicates (rule 2)
     seven_bit_weights: list[str]  # the nodes whose weights were narrowed (rules 3, 4)
     clip_ranges: list[str] = field(default_factory=list)  # Clip outputs given c/255 (rule 4)
+    integer_hard: list[str] = field(default_factory=list)  # Hardswish/HardSigmoid (rule 6)
 
 
 def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
@@ -80,6 +83,7 @@ def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    hard = integer_hard_activations(out)
     index = GraphIndex(out)
     signs = _NonNegative(index)
     lowered = [q for q in out.graph.node if _lowerable(q, index)]
@@ -101,12 +105,13 @@ def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
                 use.node.input[2] = zero_point
     merged = _merge_duplicates(out, lowered, index)
     _movers_read_dequantized(out, non_negative)
+    _shapes_read_quantized(out)
     kept = {id(n) for n in out.graph.node}
     clipped = _fit_clip_ranges(out, [q for q in lowered if id(q) in kept], GraphIndex(out))
     seven_bit = _seven_bit_weights(out, GraphIndex(out), set(clipped))
     drop_unused_initializers(out)
     uint8 = sorted({q.input[0] for q in lowered if q.name in non_negative})
-    return OrtCpuBuild(out, uint8, merged, seven_bit, clipped)
+    return OrtCpuBuild(out, uint8, merged, seven_bit, clipped, hard)
 
 
 def _lowerable(node: onnx.NodeProto, index: GraphIndex) -> bool:
@@ -189,7 +194,7 @@ class _NonNegative:
         node = self.index.producer.get(tensor)
         if node is None:
             return False
-        if node.op_type == "Relu":
+        if node.op_type in ("Relu", "Sigmoid", "HardSigmoid"):
             return True
         if node.op_type == "Clip":
             low = self.index.constant(node.input[1]) if len(node.input) > 1 else None
@@ -202,9 +207,13 @@ class _NonNegative:
             return self.of(node.input[0])
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             # Q/DQ with zero point 0 keep the sign; with another zero point they may not.
+            # UINT8 codes dequantized with zero point 0 are >= 0 whatever they came from.
             zero_point = self.index.constant(node.input[2]) if len(node.input) > 2 else None
-            zero = zero_point is not None and not zero_point.any()
-            return zero and self.of(node.input[0])
+            if zero_point is None or zero_point.any():
+                return False
+            if node.op_type == "DequantizeLinear" and zero_point.dtype == np.uint8:
+                return True
+            return self.of(node.input[0])
         return False
 
 
@@ -250,6 +259,23 @@ def _movers_read_dequantized(model: onnx.ModelProto, lowered: set[str]) -> None:
         for use in others:
             use.node.input[use.index] = copy
     _insert_after_producers(model, added)
+
+
+def _shapes_read_quantized(model: onnx.ModelProto) -> None:
+    """Rule 5: Shape and Size read the quantized tensor instead of its dequantized copy,
+    which is then dropped if nothing else reads it. A ShuffleNet computes its reshapes
+    from x.size(): 52 DequantizeLinear of whole feature maps ran just to give Shape a
+    float tensor."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        dq = producer.get(node.input[0]) if node.op_type in _READS_SHAPE else None
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            node.input[0] = dq.input[0]
+    read = {name for n in model.graph.node for name in n.input}
+    read |= {o.name for o in model.graph.output}
+    nodes = [n for n in model.graph.node if n.op_type != "DequantizeLinear" or n.output[0] in read]
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
 
 
 def _insert_after_producers(model: onnx.ModelProto, added: list[onnx.NodeProto]) -> None:

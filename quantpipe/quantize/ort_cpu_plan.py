@@ -20,6 +20,8 @@ This plan widens the portable one for that provider:
 3. A quantized tensor is quantized for every reader, so its QuantizeLinear is its
    producer's only reader (the fusion needs that). Nodes named in ``exclude`` keep reading
    the float tensor and their own outputs are not quantized.
+4. What shape ops and MaxPool make of a quantized tensor is quantized at its scale, so the
+   data moves in UINT8 (ONNX Runtime drops a DQ -> Reshape -> Q of one scale).
 
 Ops with no integer kernel (Hardswish, HardSigmoid, Clip elsewhere, Resize, Softmax here)
 run in float between a DequantizeLinear and a QuantizeLinear: one cheap elementwise pass
@@ -36,12 +38,13 @@ from collections.abc import Collection
 
 import onnx
 
-from quantpipe.quantize.graph import GraphIndex, with_unique_node_names
+from quantpipe.quantize.graph import GraphIndex, Use, with_unique_node_names
 from quantpipe.quantize.placement import (
     ActivationQuant,
     QDQConfig,
     QDQPlan,
     amax_source,
+    is_data_move,
     plan_qdq,
 )
 
@@ -90,7 +93,7 @@ def plan_ort_cpu(
         tensors += [t for t in node.input if index.is_activation(t) and t in floats]
         tensors.append(_output_site(node, index, excluded))
     portable_amax = {a.tensor: a.amax_from for a in portable.activations}
-    chosen = _in_order(model, index, tensors)
+    chosen = _with_moved_copies(model, index, _in_order(model, index, tensors), excluded)
     activations = []
     for tensor in chosen:
         uses = tuple(
@@ -132,6 +135,21 @@ def _output_site(node: onnx.NodeProto, index: GraphIndex, excluded: set[str]) ->
         if reader.op_type in _FOLDED_INTO_Q and reader.name not in excluded:
             return str(reader.output[0])
     return str(out)
+
+
+def _with_moved_copies(
+    model: onnx.ModelProto, index: GraphIndex, tensors: list[str], excluded: set[str]
+) -> list[str]:
+    """``tensors`` plus what shape ops and MaxPool make of them, transitively (rule 4): at
+    the input's scale, so ONNX Runtime drops the Q/DQ around them and moves UINT8 data (a
+    ShuffleNet's channel shuffle: Reshape, Transpose, Reshape, Slice)."""
+    chosen = set(tensors)
+    for node in model.graph.node:  # graph order: a copy's copy comes later
+        if not node.input or node.name in excluded or node.input[0] not in chosen:
+            continue
+        if is_data_move(Use(node, 0)) or node.op_type == "MaxPool":
+            chosen.add(node.output[0])
+    return _in_order(model, index, list(chosen))
 
 
 def _in_order(model: onnx.ModelProto, index: GraphIndex, tensors: list[str]) -> list[str]:

@@ -142,3 +142,53 @@ def test_an_excluded_node_reads_the_float_tensor(fp32: onnx.ModelProto) -> None:
     plan = plan_ort_cpu(fp32, QDQConfig(exclude=(pw,)))
     assert not any(node == pw for a in plan.activations for node, _ in a.uses)
     assert all(w.node != pw for w in plan.weights)
+
+
+def test_hard_activations_run_as_integer_add_and_mul(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    path = tmp_path / "build.onnx"
+    onnx.save(_build(fp32), str(path))
+    ort_cpu_kernels(path, tmp_path / "optimized.onnx")
+    optimized = _ops(onnx.load(str(tmp_path / "optimized.onnx")))
+    assert optimized["HardSwish"] == optimized["HardSigmoid"] == 0
+    assert optimized["QLinearAdd"] >= 3  # the residual, Hardswish's and HardSigmoid's offset
+
+
+@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid"])
+def test_the_integer_hard_activation_matches_the_float_one(op: str) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = np.linspace(-5, 5, 101, dtype=np.float32)
+    inits = [
+        numpy_helper.from_array(np.array(5 / 127, np.float32), "sx"),
+        numpy_helper.from_array(np.array(5 / 127, np.float32), "sy"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "z"], ["xq"], "qx"),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["xd"], "dqx"),
+        helper.make_node(op, ["xd"], ["h"], "act"),
+        helper.make_node("QuantizeLinear", ["h", "sy", "z"], ["hq"], "qh"),
+        helper.make_node("DequantizeLinear", ["hq", "sy", "z"], ["y"], "dqh"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hard",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [101])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [101])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    build = build_for_ort_cpu(model)
+    assert build.integer_hard == ["act"]
+    assert op not in _ops(build.model)
+    reference = _run(model, {"x": x})
+    # One step of the 1/255 gate times |x| <= 5, plus the output's own rounding.
+    np.testing.assert_allclose(_run(build.model, {"x": x}), reference, atol=5 / 255 + 5 / 127)
+
+
+def test_shape_reads_the_quantized_tensor_not_a_dequantized_copy(fp32: onnx.ModelProto) -> None:
+    build = _build(fp32)
+    producers = {o: n for n in build.graph.node for o in n.output}
+    shapes = [n for n in build.graph.node if n.op_type == "Shape"]
+    assert shapes  # the shuffle's x.size()
+    assert all(producers[n.input[0]].op_type != "DequantizeLinear" for n in shapes)
