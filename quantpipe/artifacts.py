@@ -18,6 +18,7 @@ BTC_REPORT_MD = "btc/report.md"
 BTC_HISTOGRAM_PNG = "btc/weights_histogram.png"
 BTC_BLOCK_SIZE_PNG = "btc/accuracy_vs_block_size.png"
 CALIB_DIR = "calib"
+TACTICS_DIR = "tactics"  # the CPU tactic pass's timing caches (quantize/cpu_tactics.py)
 QAT_DIR = "qat"  # per-epoch checkpoints, so that an interrupted QAT resumes
 ENGINES_DIR = "engines"
 BENCH_JSON = "bench/bench.json"

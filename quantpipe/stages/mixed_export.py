@@ -72,7 +72,9 @@ def export(
     out = ctx.output(mp_file(onnx_path))
     quantized.save(out)
     ort_out = ctx.output(mp_file(onnx_path, "ort"))
-    ort_cpu = ort_cpu_build(quantizer, quantized, ort_out, out, s.test, s.contract, ctx.threads)
+    ort_cpu = ort_cpu_build(
+        quantizer, quantized, ort_out, out, s.test, s.contract, ctx.threads, ctx.run.path
+    )
     exact = OrtConfig(threads=ctx.threads, qdq_fusions=False)
     scores = SplitScores(*(accuracy(out, sel, s.contract, exact) for sel in (s.val, s.test)))
     agreement = top1_agreement(module, out, s.test, exact)

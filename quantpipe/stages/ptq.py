@@ -100,7 +100,7 @@ class PtqStage:
         result.save(out)
         ort_out = ctx.output(int8_file(self.onnx, "ort"))
         ort_cpu = scoring.ort_cpu_build(
-            quantizer, result, ort_out, out, test, contract, ctx.threads
+            quantizer, result, ort_out, out, test, contract, ctx.threads, ctx.run.path
         )
         return PtqResult(
             input=str(self.onnx),

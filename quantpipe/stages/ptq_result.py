@@ -3,7 +3,7 @@ the ONNX Runtime CPU build and its kernels; and the table the CLI prints."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantpipe.artifacts import FP32, INT8_BUILDS, int8_label, onnx_label
@@ -72,6 +72,7 @@ class OrtCpuBuild:
     kernels: KernelCensus
     bytes: int
     portable_kernels: KernelCensus
+    tactics: list[str] = field(default_factory=list)  # the tactic pass's decisions
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class PtqResult(JsonResult):
             f"{self.calibration.describe()}.{form}"
             f"\nONNX Runtime CPU: the Q/DQ model {ort.portable_kernels.describe()};"
             f"\n  its CPU build {ort.kernels.describe()}."
+            + "".join(f"\n  CPU tactic: {line}" for line in ort.tactics)
         )
         headers = ("model", "val acc", f"val KL vs {self._input_name()}", "test acc", "test Δ", "")
         return format_table(headers, rows) + "\n" + note

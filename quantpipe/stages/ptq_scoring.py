@@ -3,16 +3,19 @@ ONNX Runtime CPU build and take ONNX Runtime's census of the kernels it runs."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
 
+from quantpipe.artifacts import TACTICS_DIR
 from quantpipe.calibration import CalibrationTable
 from quantpipe.data.selection import Selection
+from quantpipe.engines.machine import cpu_info
 from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
 from quantpipe.engines.ort_session import OrtConfig
 from quantpipe.evaluate.evaluate import EvalSetup, evaluate
@@ -20,6 +23,7 @@ from quantpipe.evaluate.fidelity import output_kl
 from quantpipe.export.metadata import ModelContract, load_onnx, read_metadata
 from quantpipe.quantize import QDQConfig, quantize_qdq
 from quantpipe.quantize.bits import INT8, BitWidths
+from quantpipe.quantize.cpu_tactics import Tactic, cache_file, stem_tactics
 from quantpipe.quantize.ort_cpu import OrtCpuBuild as CpuBuild
 from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
 from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
@@ -62,15 +66,26 @@ class Quantizer:
         replace_metadata(result.model, read_metadata(self.source) | how)
         return Quantized(result.model, result.float_nodes, dict(amax), calibrator, bits)
 
-    def for_ort_cpu(self, quantized: Quantized) -> CpuBuild:
+    def for_ort_cpu(self, quantized: Quantized, float_convs: Sequence[str] = ()) -> CpuBuild:
         """The ONNX Runtime CPU build of ``quantized``: the source quantized by the widened
-        plan (quantize/ort_cpu_plan.py), then rewritten for the CPU kernels (ort_cpu.py)."""
-        plan = plan_ort_cpu(self.source, self.config, quantized.amax)
+        plan (quantize/ort_cpu_plan.py), then rewritten for the CPU kernels (ort_cpu.py);
+        ``float_convs`` as the tactic pass chose (quantize/cpu_tactics.py)."""
+        plan = plan_ort_cpu(self.source, self.config, quantized.amax, float_convs)
         model = apply_plan(self.source, plan, quantized.amax, quantized.bits)
         build = build_for_ort_cpu(model)
         meta = read_metadata(quantized.model) | {"quantpipe.runtime": "onnxruntime-cpu"}
         replace_metadata(build.model, meta)
         return build
+
+    def tactics(self, quantized: Quantized, run_dir: Path, threads: int) -> list[Tactic]:
+        """The tactic pass for ``quantized``'s CPU build on this CPU, cached in the run's
+        tactics/ directory."""
+        import onnxruntime
+
+        cache = cache_file(run_dir / TACTICS_DIR, cpu_info().model, onnxruntime.__version__)
+        return stem_tactics(
+            self.source, lambda convs: self.for_ort_cpu(quantized, convs).model, cache, threads
+        )
 
 
 def score_all(
@@ -113,11 +128,19 @@ def ort_cpu_build(
     test: Selection,
     contract: ModelContract,
     threads: int,
+    run_dir: Path,
 ) -> OrtCpuBuild:
-    """Write the ONNX Runtime CPU build of the portable model; its test accuracy and kernels."""
-    build = quantizer.for_ort_cpu(quantized)
+    """Write the ONNX Runtime CPU build of the portable model, after the tactic pass; its
+    test accuracy and kernels. The engine metadata records the tactics and the CPU."""
+    tactics = quantizer.tactics(quantized, run_dir, threads)
+    build = quantizer.for_ort_cpu(quantized, [t.node for t in tactics if t.keep_float])
+    if tactics:
+        decided = {"cpu": cpu_info().model, "convs": [asdict(t) for t in tactics]}
+        meta = read_metadata(build.model) | {"quantpipe.cpu_tactics": json.dumps(decided)}
+        replace_metadata(build.model, meta)
     onnx.save(build.model, str(out))
     return OrtCpuBuild(
+        tactics=[t.describe() for t in tactics],
         test=accuracy(out, test, contract, OrtConfig(threads=threads)),
         uint8_tensors=len(build.uint8_tensors),
         merged_quantize=build.merged_quantize,

@@ -121,7 +121,9 @@ def export(job: QatJob, s: Session, ctx: StageContext, tmp: Path) -> Exported:
     out = ctx.output(qat_file(job.onnx))
     quantized.save(out)
     ort_out = ctx.output(qat_file(job.onnx, "ort"))
-    ort_cpu = ort_cpu_build(quantizer, quantized, ort_out, out, s.test, s.contract, ctx.threads)
+    ort_cpu = ort_cpu_build(
+        quantizer, quantized, ort_out, out, s.test, s.contract, ctx.threads, ctx.run.path
+    )
     exact = OrtConfig(threads=ctx.threads, qdq_fusions=False)
     ptq_model = ctx.run.artifact(int8_file(job.onnx))
 

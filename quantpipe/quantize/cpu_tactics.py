@@ -1,0 +1,165 @@
+"""The CPU tactic pass: keep the stem convolution in float where this CPU runs it faster so.
+
+TensorRT times every candidate kernel of a layer and keeps the fastest. ONNX Runtime's CPU
+provider has no such choice, and its integer kernels are not always the faster ones: a
+stem convolution with 3 input channels ran 1.30-1.44x *slower* as QLinearConv than as a
+float Conv on an AVX-512 VNNI Xeon (tests/bench/bench_ptq.py, conv floor), while 3x3
+convolutions with many channels ran at 0.33-0.57x.
+
+Only a Conv that reads the graph input can stay float in the CPU build: ONNX Runtime
+(1.32) quantizes the float weights of a Conv between a DequantizeLinear and a
+QuantizeLinear itself and runs it as QLinearConv anyway, and cutting those conversions
+out would cost the integer kernels around it. Timing the Conv alone misleads (alone, both
+ways pay the NCHW/NHWC transposes that the whole graph pays once), so each candidate is
+decided by timing the whole CPU build both ways, interleaved, at batch 1: float where it
+is faster by ``MARGIN``.
+
+The times are cached per CPU model and ONNX Runtime version in a JSON file (the run
+directory's ``tactics/``, as TensorRT keeps a timing cache), keyed by the model's sha256
+and the node: a rerun decides the same way; a build on another CPU measures afresh. The
+portable Q/DQ model is not touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from quantpipe.quantize.graph import GraphIndex
+
+MARGIN = 0.97  # float only where the whole model takes at most 97 % of the integer time
+_WARMUP, _ROUNDS = 3, 20
+_CACHE_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Tactic:
+    """One candidate Conv and the whole CPU build's latency each way (ms, batch 1)."""
+
+    node: str
+    int8_ms: float
+    fp32_ms: float
+
+    @property
+    def keep_float(self) -> bool:
+        return self.fp32_ms <= MARGIN * self.int8_ms
+
+    def describe(self) -> str:
+        way = "float" if self.keep_float else "INT8"
+        return (
+            f"{self.node}: {way} (whole model at batch 1: {self.int8_ms:.2f} ms with it INT8, "
+            f"{self.fp32_ms:.2f} ms with it float)"
+        )
+
+
+def cache_file(directory: Path, cpu_model: str, ort_version: str) -> Path:
+    """`<directory>/cpu.<cpu model>.ort<version>.json` (non-alphanumerics as '-')."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", cpu_model).strip("-") or "unknown-cpu"
+    return directory / f"cpu.{slug}.ort{ort_version}.json"
+
+
+def input_convs(model: onnx.ModelProto) -> list[str]:
+    """The candidates: Convs with constant weights that read a graph input."""
+    index = GraphIndex(model)
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Conv"
+        and n.input[0] in index.inputs
+        and index.constant(n.input[1]) is not None
+    ]
+
+
+def stem_tactics(
+    model: onnx.ModelProto,
+    build: Callable[[list[str]], onnx.ModelProto],
+    cache: Path,
+    threads: int,
+) -> list[Tactic]:
+    """Each candidate of ``model`` timed both ways, ``build(float_convs)`` making the CPU
+    build; read from ``cache`` where it was timed before (written atomically otherwise).
+    A model whose input shape is not static apart from the batch is not timed."""
+    from quantpipe.pipeline.atomic import atomic_write_text
+
+    candidates = input_convs(model)
+    feed = _feed(model) if candidates else None
+    if feed is None:
+        return []
+    sha = hashlib.sha256(model.SerializeToString()).hexdigest()
+    known = _read_cache(cache)
+    tactics, measured = [], False
+    baseline = None
+    for node in candidates:
+        key = f"{sha}:{node}"
+        if key not in known:
+            baseline = baseline or build([])
+            known[key] = _time_both(baseline, build([node]), feed, threads)
+            measured = True
+        tactics.append(Tactic(node, *known[key]))
+    if measured:
+        payload = {"format": _CACHE_FORMAT, "cases": known}
+        atomic_write_text(cache, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    return tactics
+
+
+def _read_cache(path: Path) -> dict[str, list[float]]:
+    """The cached times, or none when the file is missing, damaged or of another format
+    (the pass then measures again: a cache is never an error)."""
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(payload, dict) or payload.get("format") != _CACHE_FORMAT:
+        return {}
+    cases = payload.get("cases")
+    if not isinstance(cases, dict):
+        return {}
+    return {
+        k: [float(v[0]), float(v[1])]
+        for k, v in cases.items()
+        if isinstance(v, list) and len(v) == 2 and all(isinstance(t, int | float) for t in v)
+    }
+
+
+def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
+    """Seeded float inputs at batch 1, or None if an input is not float or not static."""
+    index = GraphIndex(model)
+    rng = np.random.default_rng(0)
+    feed = {}
+    for value in model.graph.input:
+        if value.name not in index.inputs:
+            continue
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+        if tensor.elem_type != onnx.TensorProto.FLOAT or not dims or not all(dims[1:]):
+            return None
+        feed[value.name] = rng.normal(size=(1, *dims[1:])).astype(np.float32)
+    return feed
+
+
+def _time_both(
+    integer: onnx.ModelProto, floating: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int
+) -> list[float]:
+    """[integer ms, float ms]: medians of interleaved whole-model runs."""
+    from quantpipe.engines.ort_session import OrtConfig, make_session
+
+    config = OrtConfig(threads=threads, spinning=False)
+    sessions = [make_session(m, config) for m in (integer, floating)]
+    times: list[list[float]] = [[], []]
+    for _ in range(_WARMUP):
+        for s in sessions:
+            s.run(None, feed)
+    for _ in range(_ROUNDS):
+        for k, s in enumerate(sessions):
+            start = time.perf_counter()
+            s.run(None, feed)
+            times[k].append(time.perf_counter() - start)
+    return [float(np.median(t)) * 1e3 for t in times]
