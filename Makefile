@@ -19,7 +19,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-engines bench-pareto bench-serve zoo docker models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-models bench-engines bench-pareto bench-serve zoo docker models datasets backends clean
 
 setup: $(STAMP) $(SERVE_STAMP)
 
@@ -104,7 +104,7 @@ report: setup
 	$(QP) report $(if $(RUN),--run $(RUN)) $(EXTRA)
 
 # Benchmarks print a table and write JSON to bench-results/ (never run by make test).
-bench: bench-btc bench-ptq bench-engines bench-pareto
+bench: bench-btc bench-ptq bench-models bench-engines bench-pareto
 
 bench-btc: setup
 	mkdir -p bench-results
@@ -113,6 +113,10 @@ bench-btc: setup
 bench-ptq: setup
 	mkdir -p bench-results
 	$(BIN)/python tests/bench/bench_ptq.py --out bench-results/bench-ptq.json
+
+bench-models: setup
+	mkdir -p bench-results
+	$(BIN)/python tests/bench/bench_models.py --out bench-results/bench-models.json
 
 bench-engines: setup
 	mkdir -p bench-results

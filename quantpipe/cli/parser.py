@@ -212,6 +212,12 @@ def _ptq_parsers(sub: argparse._SubParsersAction) -> None:
     )
     ptq.add_argument("--calib-cache", help="import a TensorRT calibration cache as the ranges")
     ptq.add_argument("--eval-count", type=int, help="only the first N samples of val/test")
+    ptq.add_argument(
+        "--max-drop",
+        type=float,
+        help="keep the fewest, most sensitive layers in float until the val accuracy drop "
+        "is at most this many points",
+    )
     _add_reference_option(ptq)
     _add_run_options(ptq)
     cmp = sub.add_parser("compare", help="per-output and per-layer error between two ONNX models")

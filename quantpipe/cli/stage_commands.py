@@ -87,6 +87,7 @@ def cmd_ptq(args: argparse.Namespace) -> int:
         args.exclude,
         args.calib_cache,
         args.eval_count,
+        args.max_drop,
     )
     with open_run(args, _onnx_hint(args)) as run:
         stage = PtqStage(_onnx(args, run), _data(args), cfg, LabelSource(args.reference))

@@ -90,7 +90,7 @@ def stem_tactics(
     from quantpipe.pipeline.atomic import atomic_write_text
 
     candidates = input_convs(model)
-    feed = _feed(model) if candidates else None
+    feed = batch1_feed(model) if candidates else None
     if feed is None:
         return []
     sha = hashlib.sha256(model.SerializeToString()).hexdigest()
@@ -101,7 +101,7 @@ def stem_tactics(
         key = f"{sha}:{node}"
         if key not in known:
             baseline = baseline or build([])
-            known[key] = _time_both(baseline, build([node]), feed, threads)
+            known[key] = time_models(baseline, build([node]), feed, threads)
             measured = True
         tactics.append(Tactic(node, *known[key]))
     if measured:
@@ -129,7 +129,7 @@ def _read_cache(path: Path) -> dict[str, list[float]]:
     }
 
 
-def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
+def batch1_feed(model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
     """Seeded float inputs at batch 1, or None if an input is not float or not static."""
     index = GraphIndex(model)
     rng = np.random.default_rng(0)
@@ -145,7 +145,7 @@ def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
     return feed
 
 
-def _time_both(
+def time_models(
     integer: onnx.ModelProto, floating: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int
 ) -> list[float]:
     """[integer ms, float ms]: medians of interleaved whole-model runs."""

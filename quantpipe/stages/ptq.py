@@ -2,8 +2,10 @@
 
 Every requested calibrator's table is computed from one statistics pass (or read from
 the cache); `--calibrator auto` quantizes with each, keeps the one whose outputs on the
-`val` split are closest to the input model's (KL divergence), and reports all of them
-on the disjoint `test` split.
+`val` split are closest to the input model's (KL divergence) unless another is more than
+noise more accurate on `val` (ptq_scoring.choose), and reports all of them on the
+disjoint `test` split. `--max-drop D` then keeps the fewest, most sensitive layers in
+float until the val drop is within D (ptq_accuracy.py).
 
 Two artifacts: the portable INT8 Q/DQ model (what TensorRT builds from; ONNX Runtime runs
 it too, partly in float) and its ONNX Runtime CPU build (same scales, UINT8 after Relus,
@@ -39,11 +41,17 @@ class PtqConfig:
     exclude: tuple[str, ...] = ()
     calib_cache: str | None = None
     eval_count: int | None = None
+    max_drop: float | None = None  # keep the fewest layers float to stay within (ptq_accuracy)
 
     def __post_init__(self) -> None:
         if self.calibrator != "auto" and self.calibrator not in CALIBRATORS:
             raise QuantpipeError(
                 f"unknown --calibrator {self.calibrator!r}: use auto or {', '.join(CALIBRATORS)}"
+            )
+        if self.max_drop is not None and not (0 <= self.max_drop < 100):
+            raise QuantpipeError(
+                f"--max-drop {self.max_drop!r}: give the largest accepted val accuracy drop in "
+                "points, at least 0 and below 100 (e.g. 0.5)"
             )
         self.calibrate_config()
 
@@ -91,10 +99,22 @@ class PtqStage:
         calib = select(dataset, "calib", pre, self.data.seed, cfg.count)
         tables, calib_note = self._tables(ctx, calib)
         quantizer = scoring.Quantizer(self.onnx, cfg.qdq_config())
+        fp32 = self._input_scores(val, test, contract, ctx)
+        control = None
         with tempfile.TemporaryDirectory(dir=ctx.run.path) as tmp:
             splits = (val, test)
             scored = scoring.score_all(quantizer, tables, Path(tmp), splits, contract, ctx.threads)
-            best = min(scored, key=lambda k: scored[k].val_kl)
+            best = scoring.choose(scored, len(val), contract.task)
+            if cfg.max_drop is not None:
+                from quantpipe.stages import ptq_accuracy
+
+                control = ptq_accuracy.control(
+                    quantizer, tables[best], cfg.max_drop, fp32.val, val, contract,
+                    ctx.threads, Path(tmp),
+                )  # fmt: skip
+                quantizer, control = ptq_accuracy.deliver(
+                    quantizer, tables[best], control, fp32.test, test, contract, ctx.threads
+                )
             result = quantizer.quantize(tables[best].amax, tables[best].calibrator)
         out = ctx.output(int8_file(self.onnx))
         result.save(out)
@@ -106,7 +126,7 @@ class PtqStage:
             input=str(self.onnx),
             calibrator=best,
             per_calibrator=scored,
-            fp32=self._input_scores(val, test, contract, ctx),
+            fp32=fp32,
             calibration=calib_note,
             float_nodes=result.float_nodes,
             qdq=scoring.structure(result.model),
@@ -116,6 +136,7 @@ class PtqStage:
             data_test=test.info(),
             truth=test.truth,
             input_form=contract.deploy_form,
+            accuracy_control=control,
         )
 
     def _tables(

@@ -3,6 +3,7 @@ the ONNX Runtime CPU build and its kernels; and the table the CLI prints."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,42 @@ class OrtCpuBuild:
 
 
 @dataclass(frozen=True)
+class LayerSensitivity:
+    node: str
+    kl_gain: float  # how much the val KL falls when this layer alone stays float
+
+
+@dataclass(frozen=True)
+class AccuracyControl:
+    """What `--max-drop` kept in float, and what it cost and bought."""
+
+    max_drop: float
+    ranking: list[LayerSensitivity]
+    float_layers: list[str]
+    val_drop: float  # input model minus the delivered model, on val
+    reached: bool
+    evaluations: int  # models built and scored (ranking + walk)
+    test_drop: float = math.nan  # the same on test, for the report
+    latency_ms: dict[str, float] = field(default_factory=dict)  # CPU build, batch 1
+
+    def lines(self) -> list[str]:
+        verdict = "within" if self.reached else "NOT within"
+        kept = ", ".join(self.float_layers) or "none"
+        lines = [
+            f"--max-drop {self.max_drop:g}: val drop {self.val_drop:.2f} ({verdict} the limit), "
+            f"test drop {self.test_drop:.2f}, with {len(self.float_layers)} layer(s) in float: "
+            f"{kept} ({self.evaluations} models scored)",
+        ]
+        if self.latency_ms:
+            int8, mixed = self.latency_ms["all_int8"], self.latency_ms["with_float_layers"]
+            lines.append(
+                f"  their latency cost (CPU build, batch 1): {int8:.2f} -> {mixed:.2f} ms "
+                f"({mixed / int8:.2f}x)"
+            )
+        return lines
+
+
+@dataclass(frozen=True)
 class QdqStructure:
     quantize_linear: int
     dequantize_linear: int
@@ -99,6 +136,7 @@ class PtqResult(JsonResult):
     data_test: DataInfo
     truth: str = "labels"
     input_form: str = ""  # the input's deploy form (e.g. fused RepVGG), when it has one
+    accuracy_control: AccuracyControl | None = None  # what --max-drop kept in float
 
     @property
     def kept(self) -> CalibratorScores:
@@ -116,6 +154,7 @@ class PtqResult(JsonResult):
             f"{self._input_name()} {self.fp32.test:.2f} % ({self.data_test.count:,} samples"
             f"{self._truth_note()})",
             *([f"quantized the deploy form: {self.input_form}"] if self.input_form else []),
+            *(self.accuracy_control.lines() if self.accuracy_control else []),
         ]
 
     def artifact_bits(self) -> dict[str, str]:
@@ -129,7 +168,7 @@ class PtqResult(JsonResult):
         fp32 = self.fp32
         rows = [(self._input_name(), f"{fp32.val:.2f}", "0", f"{fp32.test:.2f}", "", "")]
         for name, acc in self.per_calibrator.items():
-            kept = "← kept (lowest val KL)" if name == self.calibrator else ""
+            kept = f"← kept ({self._why_kept()})" if name == self.calibrator else ""
             delta = f"{acc.test - fp32.test:+.2f}"
             row = (f"INT8 {name}", f"{acc.val:.2f}", f"{acc.val_kl:.2e}", f"{acc.test:.2f}")
             rows.append((*row, delta, kept))
@@ -149,6 +188,14 @@ class PtqResult(JsonResult):
         )
         headers = ("model", "val acc", f"val KL vs {self._input_name()}", "test acc", "test Δ", "")
         return format_table(headers, rows) + "\n" + note
+
+    def _why_kept(self) -> str:
+        lowest = min(self.per_calibrator, key=lambda k: (self.per_calibrator[k].val_kl, k))
+        if len(self.per_calibrator) == 1:
+            return "the one asked for"
+        if lowest == self.calibrator:
+            return "lowest val KL"
+        return f"best val accuracy; {lowest}'s lowest KL lost more than noise on val"
 
     def _input_name(self) -> str:
         source = onnx_label(Path(self.input))

@@ -50,8 +50,11 @@ def test_ptq_quantizes_reports_all_calibrators_and_reuses_the_cache(run_dir: Pat
     res = _results(run_dir)
     assert set(res["per_calibrator"]) == {"max", "percentile", "entropy", "mse"}
     assert res["calibration"]["computed"] == ["max", "percentile", "entropy", "mse"]
-    best = min(res["per_calibrator"], key=lambda k: res["per_calibrator"][k]["val_kl"])
-    assert res["calibrator"] == best
+    scores = res["per_calibrator"]
+    lowest_kl = min(scores, key=lambda k: scores[k]["val_kl"])
+    best = res["calibrator"]
+    # auto keeps the lowest val KL unless another calibrator is clearly more accurate on val.
+    assert best == lowest_kl or scores[best]["val"] > scores[lowest_kl]["val"]
     # Exact Q/DQ semantics keep ResNet-20 within a point on 400 test images.
     assert res["fp32"]["test"] - res["per_calibrator"][best]["test"] < 1.5
     model = onnx.load(str(run_dir / "model.int8.qdq.onnx"))
@@ -174,3 +177,25 @@ def test_empty_or_tiny_calibration(run_dir: Path, capsys) -> None:
         == 0
     )
     assert "only 8 calibration samples" in capsys.readouterr().err
+
+
+def test_max_drop_keeps_the_most_sensitive_layers_float_until_val_is_within(
+    run_dir: Path, capsys
+) -> None:
+    # max-drop 0 on 200 val images: whatever entropy loses has to be won back.
+    argv = ["--calibrator", "entropy", "--max-drop", "0", "--eval-count", "200"]
+    assert _ptq(run_dir, *argv) == 0
+    control = _results(run_dir)["accuracy_control"]
+    ranking = [layer["node"] for layer in control["ranking"]]
+    gains = [layer["kl_gain"] for layer in control["ranking"]]
+    assert len(ranking) == 20 and gains == sorted(gains, reverse=True)
+    assert control["float_layers"] == ranking[: len(control["float_layers"])]
+    assert control["reached"] and control["val_drop"] <= 0
+    model = onnx.load(str(run_dir / "model.int8.qdq.onnx"))
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    convs = {n.name: n for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    for name in control["float_layers"]:
+        assert convs[name].input[1] in floats  # its weights stayed float
+    if control["float_layers"]:
+        assert set(control["latency_ms"]) == {"all_int8", "with_float_layers"}
+    assert "--max-drop 0: val drop" in capsys.readouterr().out

@@ -186,3 +186,13 @@ def test_a_cityscapes_tree_missing_a_gtfine_file(capsys, run_dir, tmp_path) -> N
                 Image.new("L", (32, 16)).save(labels / f"{stem}_gtFine_labelIds.png")
     argv = ["train", "--model", "fmnist-seg-fcn", "--data", f"cityscapes:{tmp_path / 'cs'}"]
     _fails_cleanly(capsys, run_dir, argv, "ulm_000001_000019_gtFine_labelIds.png")
+
+
+@pytest.mark.parametrize("value", ["-0.5", "100", "nan"])
+def test_max_drop_out_of_range(capsys, run_dir, value) -> None:
+    _fails_cleanly(
+        capsys,
+        run_dir,
+        ["ptq", "--data", "digits", "--max-drop", value],
+        f"--max-drop {float(value)!r}: give the largest accepted val accuracy drop",
+    )

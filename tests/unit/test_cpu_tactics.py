@@ -73,7 +73,7 @@ def test_timings_are_cached_per_model_and_reused(
     def no_timing(*args: object) -> list[float]:
         raise AssertionError("timed again despite the cache")
 
-    monkeypatch.setattr(cpu_tactics, "_time_both", no_timing)
+    monkeypatch.setattr(cpu_tactics, "time_models", no_timing)
     assert stem_tactics(model, _builder(model), cache, threads=1) == first
 
 
