@@ -379,6 +379,9 @@ INTEGER_OPS = frozenset(
         "QLinearAveragePool",
         "QLinearGlobalAveragePool",
         "QLinearConcat",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearSoftmax",
         "QGemm",
         "ConvInteger",
         "MatMulInteger",
@@ -386,8 +389,11 @@ INTEGER_OPS = frozenset(
         "MatMulIntegerToFloat",
     }
 )
+# Float ops worth naming when they remain: the heavy ones, and the elementwise ones of modern
+# blocks (each a pass over a whole feature map with its conversions).
 FLOAT_COMPUTE_OPS = frozenset(
     {"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "Add"}
+    | {"Mul", "Sigmoid", "HardSigmoid", "HardSwish", "Softmax", "Resize"}
 )
 
 
@@ -399,10 +405,29 @@ def ort_cpu_kernels(path: Path, optimized_path: Path) -> dict[str, dict[str, int
     Quantize/DequantizeLinear nodes that remain as separate conversions.
     """
     make_session(path, OrtConfig(optimized_model_path=str(optimized_path)))
-    ops = Counter(n.op_type for n in onnx.load(str(optimized_path)).graph.node)
+    graph = onnx.load(str(optimized_path)).graph
+    shape_work = _shape_computations(graph)
+    ops = Counter(n.op_type for n in graph.node if n.name not in shape_work)
     conversions = ("QuantizeLinear", "DequantizeLinear")
     return {
         "integer": {op: n for op, n in sorted(ops.items()) if op in INTEGER_OPS},
         "float": {op: n for op, n in sorted(ops.items()) if op in FLOAT_COMPUTE_OPS},
         "conversions": {op: ops[op] for op in conversions if ops[op]},
     }
+
+
+def _shape_computations(graph: onnx.GraphProto) -> set[str]:
+    """Nodes that compute on shapes (a ShuffleNet's reshape sizes from x.size()): every
+    run-time input comes from Shape/Size or another such node. Not model compute."""
+    constants = {t.name for t in graph.initializer}
+    derived: set[str] = set()
+    names = set()
+    for node in graph.node:  # ONNX Runtime writes its graph in topological order
+        if node.op_type == "Constant":
+            constants.update(node.output)
+            continue
+        inputs = [i for i in node.input if i and i not in constants]
+        if node.op_type in ("Shape", "Size") or (inputs and all(i in derived for i in inputs)):
+            derived.update(node.output)
+            names.add(node.name)
+    return names

@@ -131,7 +131,9 @@ def phase_measure(args: dict[str, Any]) -> dict[str, Any]:
     from quantpipe.quantize.ort_cpu import ort_cpu_kernels
 
     paths = args["models"]
-    sessions = {name: _session(path, args["threads"], spinning=False) for name, path in paths.items()}
+    sessions = {
+        name: _session(path, args["threads"], spinning=False) for name, path in paths.items()
+    }
     latency: dict[str, dict[str, float]] = {}
     for batch, rounds in ((1, args["reps1"]), (32, args["reps32"])):
         x = SyntheticImages(batch, batch, seed=99).batch_at(0)
@@ -185,7 +187,9 @@ def bench_model(name: str, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         }
         models[config.name] = out
     reps1, reps32 = (10, 3) if a.quick else (40, 8)
-    measured = run_phase(phase_measure, {**common, "models": models, "reps1": reps1, "reps32": reps32})
+    measured = run_phase(
+        phase_measure, {**common, "models": models, "reps1": reps1, "reps32": reps32}
+    )
     report.update(measured)
     report["ratios"] = ratios(measured["latency_ms"], list(report["baselines"]))
     return report
