@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ptq import IMAGE, SyntheticImages, _session, cpu_info, run_phase  # noqa: E402
+from bench_ptq import IMAGE, SyntheticImages, _session, cpu_info, run_phase
 
 MODELS = ("mobilenet_v3_small", "efficientnet_b0", "mobilenet_v2", "shufflenet_v2_x1_0", "resnet18")
 
