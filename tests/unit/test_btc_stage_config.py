@@ -96,3 +96,28 @@ def test_retune_reduces_the_gap_and_touches_only_affine_parameters() -> None:
     assert gap(tuned) < 0.5 * gap(coded)
     assert torch.equal(tuned.conv.weight, coded.conv.weight)  # coded weights untouched
     assert torch.equal(tuned.fc.weight, coded.fc.weight)
+
+
+def test_retune_stops_once_the_held_out_kl_stops_falling() -> None:
+    torch.manual_seed(0)
+    reference = _Net().eval()
+    coded = _Net().eval()
+    coded.load_state_dict(reference.state_dict())  # nothing to recover: KL 0 from the start
+    x = np.random.default_rng(0).standard_normal((256, 1, 6, 6)).astype(np.float32)
+    pools = {"all": array_source(x, np.zeros(256, np.int64), kind="tensor", max_value=1.0)}
+    calib = select(Dataset("t", None, pools), "all", Preprocessing(1, (6, 6), (0.0,), (1.0,)))
+    batches: list[int] = []
+    coded.register_forward_hook(lambda m, inp, out: batches.append(len(inp[0])))
+    cfg = RetuneConfig(steps=300, batch_size=16, check_every=25, patience=2)
+    tuned = retune_affine(reference, coded, calib, cfg)
+    steps = sum(1 for n in batches if n == 16)
+    assert steps == 50  # two checks without a gain, not 300 steps
+    # The best parameters seen are restored: still (almost) the reference, not where the
+    # last 25 steps of noise left them.
+    t = torch.from_numpy(x)
+    with torch.no_grad():
+        kl = F.kl_div(
+            F.log_softmax(tuned(t), 1), F.log_softmax(reference(t), 1), log_target=True,
+            reduction="batchmean",
+        )  # fmt: skip
+    assert float(kl) < 1e-5
