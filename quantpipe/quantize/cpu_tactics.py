@@ -11,8 +11,8 @@ Only a Conv that reads the graph input can stay float in the CPU build: ONNX Run
 QuantizeLinear itself and runs it as QLinearConv anyway, and cutting those conversions
 out would cost the integer kernels around it. Timing the Conv alone misleads (alone, both
 ways pay the NCHW/NHWC transposes that the whole graph pays once), so each candidate is
-decided by timing the whole CPU build both ways, interleaved, at batch 1: float where it
-is faster by ``MARGIN``.
+decided by timing the whole CPU build both ways, interleaved, at batch 1 and 8: float
+where it is faster by ``MARGIN`` at both.
 
 The times are cached per CPU model and ONNX Runtime version in a JSON file (the run
 directory's ``tactics/``, as TensorRT keeps a timing cache), keyed by the model's sha256
@@ -36,28 +36,31 @@ import onnx
 from quantpipe.quantize.graph import GraphIndex
 
 MARGIN = 0.97  # float only where the whole model takes at most 97 % of the integer time
-_WARMUP, _ROUNDS = 3, 20
-_CACHE_FORMAT = 2
+BATCHES = (1, 8)  # float only where it is faster at both: latency and throughput serving
+_WARMUP, _ROUNDS = 2, 15
+_CACHE_FORMAT = 3
 
 
 @dataclass(frozen=True)
 class Tactic:
-    """One candidate Conv and the whole CPU build's latency each way (ms, batch 1)."""
+    """One candidate Conv and the whole CPU build's latency each way, in ms, at each of
+    ``BATCHES``."""
 
     node: str
-    int8_ms: float
-    fp32_ms: float
+    int8_ms: tuple[float, ...]
+    fp32_ms: tuple[float, ...]
 
     @property
     def keep_float(self) -> bool:
-        return self.fp32_ms <= MARGIN * self.int8_ms
+        return all(f <= MARGIN * i for i, f in zip(self.int8_ms, self.fp32_ms, strict=True))
 
     def describe(self) -> str:
         way = "float" if self.keep_float else "INT8"
-        return (
-            f"{self.node}: {way} (whole model at batch 1: {self.int8_ms:.2f} ms with it INT8, "
-            f"{self.fp32_ms:.2f} ms with it float)"
+        times = "; ".join(
+            f"batch {b}: {i:.2f} ms with it INT8, {f:.2f} ms float"
+            for b, i, f in zip(BATCHES, self.int8_ms, self.fp32_ms, strict=True)
         )
+        return f"{self.node}: {way} (whole model, {times})"
 
 
 def cache_file(directory: Path, cpu_model: str, ort_version: str) -> Path:
@@ -93,6 +96,7 @@ def stem_tactics(
     feed = batch1_feed(model) if candidates else None
     if feed is None:
         return []
+    feeds = [{k: np.repeat(v, batch, axis=0) for k, v in feed.items()} for batch in BATCHES]
     sha = hashlib.sha256(model.SerializeToString()).hexdigest()
     known = _read_cache(cache)
     tactics, measured = [], False
@@ -101,16 +105,18 @@ def stem_tactics(
         key = f"{sha}:{node}"
         if key not in known:
             baseline = baseline or build([])
-            known[key] = time_models(baseline, build([node]), feed, threads)
+            floating = build([node])
+            known[key] = [time_models(baseline, floating, f, threads) for f in feeds]
             measured = True
-        tactics.append(Tactic(node, *known[key]))
+        int8, fp32 = zip(*known[key], strict=True)
+        tactics.append(Tactic(node, tuple(int8), tuple(fp32)))
     if measured:
         payload = {"format": _CACHE_FORMAT, "cases": known}
         atomic_write_text(cache, json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return tactics
 
 
-def _read_cache(path: Path) -> dict[str, list[float]]:
+def _read_cache(path: Path) -> dict[str, list[list[float]]]:
     """The cached times, or none when the file is missing, damaged or of another format
     (the pass then measures again: a cache is never an error)."""
     try:
@@ -122,11 +128,21 @@ def _read_cache(path: Path) -> dict[str, list[float]]:
     cases = payload.get("cases")
     if not isinstance(cases, dict):
         return {}
-    return {
-        k: [float(v[0]), float(v[1])]
-        for k, v in cases.items()
-        if isinstance(v, list) and len(v) == 2 and all(isinstance(t, int | float) for t in v)
-    }
+    return {k: [[float(t) for t in pair] for pair in v] for k, v in cases.items() if _valid(v)}
+
+
+def _valid(value: object) -> bool:
+    """[[int8 ms, float ms] per batch of BATCHES]."""
+    return (
+        isinstance(value, list)
+        and len(value) == len(BATCHES)
+        and all(
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(t, int | float) and t > 0 for t in pair)
+            for pair in value
+        )
+    )
 
 
 def batch1_feed(model: onnx.ModelProto) -> dict[str, np.ndarray] | None:

@@ -68,7 +68,7 @@ def test_timings_are_cached_per_model_and_reused(
     assert cache.name == "cpu.Intel-R-Xeon-R-CPU-2.60GHz.ort1.32.0.json"
     first = stem_tactics(model, _builder(model), cache, threads=1)
     assert [t.node for t in first] == ["conv1"]
-    assert first[0].int8_ms > 0 and first[0].fp32_ms > 0
+    assert len(first[0].int8_ms) == 2 and min(first[0].int8_ms + first[0].fp32_ms) > 0
 
     def no_timing(*args: object) -> list[float]:
         raise AssertionError("timed again despite the cache")
@@ -79,15 +79,19 @@ def test_timings_are_cached_per_model_and_reused(
 
 def test_a_damaged_cache_is_measured_again(model: onnx.ModelProto, tmp_path: Path) -> None:
     cache = tmp_path / "cpu.json"
-    cache.write_text('{"format": 2, "cases": {"x": "not a pair"')
+    cache.write_text('{"format": 3, "cases": {"x": "not a pair"')
     tactics = stem_tactics(model, _builder(model), cache, threads=1)
-    assert len(tactics) == 1 and tactics[0].int8_ms > 0
+    assert len(tactics) == 1 and min(tactics[0].int8_ms) > 0
 
 
 def test_float_only_where_clearly_faster() -> None:
-    assert Tactic("c", int8_ms=10.0, fp32_ms=9.0).keep_float
-    assert not Tactic("c", int8_ms=10.0, fp32_ms=9.9).keep_float
-    assert "float" in Tactic("c", 10.0, 9.0).describe()
+    assert Tactic("c", int8_ms=(10.0, 50.0), fp32_ms=(9.0, 45.0)).keep_float
+    assert not Tactic("c", int8_ms=(10.0, 50.0), fp32_ms=(9.9, 45.0)).keep_float
+    # Faster at batch 1 but not at batch 8: stays INT8.
+    assert not Tactic("c", int8_ms=(10.0, 50.0), fp32_ms=(9.0, 52.0)).keep_float
+    assert (
+        "float (whole model, batch 1: 10.00 ms" in Tactic("c", (10.0, 50.0), (9.0, 45.0)).describe()
+    )
 
 
 def test_a_model_without_a_static_image_size_is_not_timed(model: onnx.ModelProto) -> None:
