@@ -34,34 +34,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ptq import IMAGE, SyntheticImages, _session, cpu_info, run_phase
+from bench_ptq import (
+    SyntheticImages,
+    _session,
+    cpu_info,
+    export_torchvision,
+    run_phase,
+)
 
 MODELS = ("mobilenet_v3_small", "efficientnet_b0", "mobilenet_v2", "shufflenet_v2_x1_0", "resnet18")
-
-
-def export(name: str, path: Path) -> None:
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    torch.onnx.export(
-        model,
-        (torch.randn(1, 3, IMAGE, IMAGE),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
 
 
 def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +150,7 @@ def bench_model(name: str, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from quantpipe.engines.machine import cpu_info as machine_cpu
 
     fp32 = tmp / f"{name}.fp32.onnx"
-    export(name, fp32)
+    export_torchvision(fp32, name)
     common = {"fp32": str(fp32), "count": a.count, "threads": a.threads, "dir": str(tmp)}
     models = {"fp32": str(fp32), "ours": str(tmp / f"{name}.ours.onnx")}
     report: dict[str, Any] = {"ours": run_phase(phase_ours, {**common, "out": models["ours"]})}

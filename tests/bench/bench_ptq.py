@@ -85,12 +85,14 @@ class SyntheticImages:
             yield {"input": self.batch_at(k)}
 
 
-def export_resnet18(path: Path) -> None:
+def export_torchvision(path: Path, name: str = "resnet18") -> None:
+    """torchvision's ``name`` with random weights (BatchNorm statistics randomised as trained
+    ones are) as FP32 ONNX, opset 17, dynamic batch."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
+    model = getattr(torchvision.models, name)(weights=None).eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -393,7 +395,7 @@ def main() -> None:
     report["machine"] = cpu_info()
     with tempfile.TemporaryDirectory(prefix="bench-ptq-") as tmp:
         fp32 = f"{tmp}/resnet18.fp32.onnx"
-        export_resnet18(Path(fp32))
+        export_torchvision(Path(fp32))
         common = {"fp32": fp32, "count": count, "batch": a.batch, "threads": a.threads, "dir": tmp}
         run_phases(report, common, quick=a.quick, with_ort=not a.skip_ort)
     add_ratios(report)
