@@ -20,8 +20,8 @@ This plan widens the portable one for that provider:
 3. A quantized tensor is quantized for every reader, so its QuantizeLinear is its
    producer's only reader (the fusion needs that). Nodes named in ``exclude`` keep reading
    the float tensor and their own outputs are not quantized.
-4. What shape ops and MaxPool make of a quantized tensor is quantized at its scale, so the
-   data moves in UINT8 (ONNX Runtime drops a DQ -> Reshape -> Q of one scale).
+4. What shape ops (but Slice) and MaxPool make of a quantized tensor is quantized at its
+   scale, so the data moves in UINT8 (ONNX Runtime drops a DQ -> Reshape -> Q of one scale).
 
 Ops with no integer kernel (Hardswish, HardSigmoid, Clip elsewhere, Resize, Softmax here)
 run in float between a DequantizeLinear and a QuantizeLinear: one cheap elementwise pass
@@ -65,6 +65,9 @@ ORT_INTEGER_OPS = frozenset(
         "Concat",
     }
 )
+# Data moves ONNX Runtime does not run on quantized data (it keeps DQ -> Slice -> Q as
+# three ops): quantizing their output only adds a conversion.
+_KEPT_QDQ = frozenset({"Slice"})
 # Activations ONNX Runtime removes in front of a QuantizeLinear whose range they contain.
 _FOLDED_INTO_Q = frozenset({"Relu", "Clip"})
 
@@ -158,7 +161,8 @@ def _with_moved_copies(
     for node in model.graph.node:  # graph order: a copy's copy comes later
         if not node.input or node.name in excluded or node.input[0] not in chosen:
             continue
-        if is_data_move(Use(node, 0)) or node.op_type == "MaxPool":
+        moves = is_data_move(Use(node, 0)) or node.op_type == "MaxPool"
+        if moves and node.op_type not in _KEPT_QDQ:
             chosen.add(node.output[0])
     return _in_order(model, index, list(chosen))
 
