@@ -67,6 +67,21 @@ def test_user_model_exports_and_evaluates_like_a_builtin(tmp_path: Path, capsys)
     )  # 40 % of 1,797
 
 
+def test_a_user_model_trained_in_the_run_is_exported_with_its_trained_weights(
+    tmp_path: Path,
+) -> None:
+    model_file = tmp_path / "mynet.py"
+    model_file.write_text(USER_MODEL)
+    run = ["--model", f"{model_file}:build", "--data", "digits", "--run-dir", str(tmp_path / "r")]
+    assert main(["train", *run, "--epochs", "8", "--batch-size", "32", "--quiet"]) == 0
+    assert main(["export", *run, "--quiet"]) == 0
+    assert main(["eval", *run, "--backend", "onnxruntime-cpu", "--quiet"]) == 0
+    trained = _results(tmp_path / "r", "train")["val"]["top1"]
+    exported = _results(tmp_path / "r", "eval.fp32.onnxruntime-cpu")["top1"]
+    # It used to export the untrained random initialisation (about 10 %) without a word.
+    assert trained > 60 and exported > 60
+
+
 def test_same_stage_twice_is_skipped_and_a_parameter_change_reruns(tmp_path: Path, capsys) -> None:
     argv = [
         "train",
