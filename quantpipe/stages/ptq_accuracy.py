@@ -3,8 +3,10 @@
 What NNCF's accuracy control and Intel Neural Compressor's tuning do, in one pass over a
 ranked list instead of a search:
 
-1. Rank: for each quantized layer (Conv, ConvTranspose, Gemm, MatMul with quantized
-   weights), the INT8 model with that one layer left in float is compared with the input
+1. Rank: for each quantized node (a Conv, ConvTranspose, Gemm or MatMul with quantized
+   weights, or an Add or Mul reading quantized tensors: with weighted layers alone, a
+   ResNet-20 with clipped ranges stayed 6.5 points down with every layer float), the INT8
+   model with that one node left in float is compared with the input
    model on up to ``RANK_COUNT`` val samples; the layer's sensitivity is how much the
    output KL divergence falls (the damage it alone does, measured where it is done, not
    guessed from weight statistics).
@@ -31,6 +33,10 @@ from quantpipe.stages.ptq_result import AccuracyControl, LayerSensitivity
 from quantpipe.stages.ptq_scoring import Quantizer, accuracy
 
 RANK_COUNT = 1000  # val samples the ranking compares on (the walk uses all of val)
+# Ops besides the weighted ones that may stay float. Pools, Concat and reshapes are left
+# out: they pass their input's scale on, and leaving one float would ask for a range the
+# table does not hold (a Flatten after a float GlobalAveragePool).
+_MIXING = frozenset({"Add", "Mul"})
 
 
 def control(
@@ -46,11 +52,17 @@ def control(
     """Rank the quantized layers and keep the fewest in float within ``max_drop``."""
     exact = OrtConfig(threads=threads, qdq_fusions=False)
     base = quantizer.config.exclude
-    layers = sorted({w.node for w in quantizer.plan().weights})
+    plan = quantizer.plan()
+    readers = {n for a in plan.activations for n, _ in a.uses}
+    ops = {n.name: n.op_type for n in quantizer.source.graph.node}
+    mixing = {n for n in readers if ops.get(n) in _MIXING}
+    layers = sorted({w.node for w in plan.weights} | mixing)
     scorer = _Scorer(quantizer, table, tmp, exact, contract)
-    ranking = scorer.rank(layers, base, val.head(min(len(val), RANK_COUNT)))
     kept: list[str] = []
     drop = input_val - scorer.accuracy(base, val)
+    if drop <= max_drop:  # nothing to keep in float: no ranking needed
+        return AccuracyControl(max_drop, [], [], drop, True, scorer.evaluations)
+    ranking = scorer.rank(layers, base, val.head(min(len(val), RANK_COUNT)))
     for layer in ranking:
         if drop <= max_drop:
             break

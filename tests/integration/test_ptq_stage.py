@@ -182,20 +182,26 @@ def test_empty_or_tiny_calibration(run_dir: Path, capsys) -> None:
 def test_max_drop_keeps_the_most_sensitive_layers_float_until_val_is_within(
     run_dir: Path, capsys
 ) -> None:
-    # max-drop 0 on 200 val images: whatever entropy loses has to be won back.
-    argv = ["--calibrator", "entropy", "--max-drop", "0", "--eval-count", "200"]
-    assert _ptq(run_dir, *argv) == 0
-    control = _results(run_dir)["accuracy_control"]
+    # Ranges at the 99th percentile clip many activations: a drop of many points that the
+    # walk has to win back by leaving nodes in float.
+    argv = ["--calibrator", "percentile", "--percentile", "99", "--max-drop", "2"]
+    assert _ptq(run_dir, *argv, "--eval-count", "200") == 0
+    res = _results(run_dir)
+    control = res["accuracy_control"]
+    all_int8 = res["fp32"]["val"] - res["per_calibrator"]["percentile"]["val"]
+    assert all_int8 > 10
     ranking = [layer["node"] for layer in control["ranking"]]
     gains = [layer["kl_gain"] for layer in control["ranking"]]
-    assert len(ranking) == 20 and gains == sorted(gains, reverse=True)
-    assert control["float_layers"] == ranking[: len(control["float_layers"])]
-    assert control["reached"] and control["val_drop"] <= 0
+    # 20 Conv/Gemm layers and 9 residual Adds.
+    assert len(ranking) == 29 and gains == sorted(gains, reverse=True)
+    kept = control["float_layers"]
+    assert kept and kept == ranking[: len(kept)]
+    assert control["reached"] and control["val_drop"] <= 2
     model = onnx.load(str(run_dir / "model.int8.qdq.onnx"))
     floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     convs = {n.name: n for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
-    for name in control["float_layers"]:
-        assert convs[name].input[1] in floats  # its weights stayed float
-    if control["float_layers"]:
-        assert set(control["latency_ms"]) == {"all_int8", "with_float_layers"}
-    assert "--max-drop 0: val drop" in capsys.readouterr().out
+    for name in kept:
+        if name in convs:
+            assert convs[name].input[1] in floats  # its weights stayed float
+    assert set(control["latency_ms"]) == {"all_int8", "with_float_layers"}
+    assert "--max-drop 2: val drop" in capsys.readouterr().out

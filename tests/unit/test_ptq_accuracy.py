@@ -44,7 +44,7 @@ class _Val:
 @pytest.fixture
 def control(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(ptq_accuracy, "_Scorer", _FakeScorer)
-    plan = SimpleNamespace(weights=[SimpleNamespace(node=n) for n in GAINS])
+    plan = SimpleNamespace(weights=[SimpleNamespace(node=n) for n in GAINS], activations=[])
     quantizer = SimpleNamespace(config=SimpleNamespace(exclude=()), plan=lambda: plan)
     val = _Val()
     LOSS[0] = 2.0
@@ -74,6 +74,7 @@ def test_the_fewest_most_sensitive_layers_stay_float(control) -> None:  # type: 
 def test_nothing_stays_float_when_int8_is_within_the_limit(control) -> None:  # type: ignore[no-untyped-def]
     result = control(2.5)
     assert result.float_layers == [] and result.reached
+    assert result.ranking == [] and result.evaluations == 1  # not ranked: not needed
 
 
 def test_an_unreachable_limit_keeps_every_layer_float_and_says_so(control) -> None:  # type: ignore[no-untyped-def]
@@ -82,4 +83,4 @@ def test_an_unreachable_limit_keeps_every_layer_float_and_says_so(control) -> No
     assert result.float_layers == list(GAINS)
     assert not result.reached and abs(result.val_drop - 0.5) < 1e-9
     assert "NOT within the limit" in result.lines()[0]
-    assert result.evaluations == len(GAINS) + 1 + 1 + len(GAINS)  # rank, all-INT8, walk
+    assert result.evaluations == 1 + len(GAINS) + 1 + len(GAINS)  # all-INT8, rank, walk
