@@ -25,6 +25,7 @@ from quantpipe.export.metadata import ModelContract, load_onnx, read_metadata
 from quantpipe.quantize import QDQConfig, QDQPlan, plan_qdq, quantize_qdq
 from quantpipe.quantize.bits import INT8, BitWidths
 from quantpipe.quantize.cpu_tactics import Tactic, cache_file, stem_tactics
+from quantpipe.quantize.graph import with_unique_node_names
 from quantpipe.quantize.ort_cpu import OrtCpuBuild as CpuBuild
 from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
 from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
@@ -53,7 +54,9 @@ class Quantizer:
 
     def __init__(self, source: Path, config: QDQConfig) -> None:
         self.path = source
-        self.source = load_onnx(source)
+        # Unique node names first: the plans, the CPU build and the tactic pass refer to
+        # nodes by name (an unnamed Gemm's weights were left unquantized in the CPU build).
+        self.source = with_unique_node_names(load_onnx(source))
         self.config = config
 
     def quantize(

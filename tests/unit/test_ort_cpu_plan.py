@@ -128,11 +128,7 @@ def test_int64_shape_values_are_never_quantized(fp32: onnx.ModelProto) -> None:
 def test_the_widened_plan_contains_the_portable_one(fp32: onnx.ModelProto) -> None:
     portable, widened = plan_qdq(fp32), plan_ort_cpu(fp32)
     assert set(portable.calibration_tensors) < set(widened.calibration_tensors)
-    # All weights but the classifier's: it writes the graph output, so no Q follows it and
-    # ONNX Runtime would dequantize its INT8 weights on every run.
-    head = next(n.name for n in fp32.graph.node if n.output[0] == "logits")
-    assert widened.weights == [w for w in portable.weights if w.node != head]
-    assert any(w.node == head for w in portable.weights)
+    assert widened.weights == portable.weights
 
 
 def test_tensors_a_table_lacks_stay_float(fp32: onnx.ModelProto) -> None:

@@ -45,7 +45,10 @@ class _Val:
 def control(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(ptq_accuracy, "_Scorer", _FakeScorer)
     plan = SimpleNamespace(weights=[SimpleNamespace(node=n) for n in GAINS], activations=[])
-    quantizer = SimpleNamespace(config=SimpleNamespace(exclude=()), plan=lambda: plan)
+    graph = SimpleNamespace(node=[SimpleNamespace(name=n, op_type="Conv") for n in GAINS])
+    quantizer = SimpleNamespace(
+        config=SimpleNamespace(exclude=()), plan=lambda: plan, source=SimpleNamespace(graph=graph)
+    )
     val = _Val()
     LOSS[0] = 2.0
 
