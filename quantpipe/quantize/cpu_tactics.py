@@ -38,6 +38,7 @@ from quantpipe.quantize.graph import GraphIndex
 MARGIN = 0.97  # float only where the whole model takes at most 97 % of the integer time
 BATCHES = (1, 8)  # float only where it is faster at both: latency and throughput serving
 _WARMUP, _ROUNDS = 2, 15
+_BUDGET_S = 3.0  # timed seconds per batch size and candidate, about
 _CACHE_FORMAT = 3
 
 
@@ -170,10 +171,15 @@ def time_models(
     config = OrtConfig(threads=threads, spinning=False)
     sessions = [make_session(m, config) for m in (integer, floating)]
     times: list[list[float]] = [[], []]
+    start = time.perf_counter()
     for _ in range(_WARMUP):
         for s in sessions:
             s.run(None, feed)
-    for _ in range(_ROUNDS):
+    # A large model (a segmentation net at 512x1024) gets fewer rounds, so the pass stays
+    # within a few seconds per batch size: at least 3, at most _ROUNDS.
+    per_round = (time.perf_counter() - start) / _WARMUP
+    rounds = max(3, min(_ROUNDS, int(_BUDGET_S / max(per_round, 1e-6))))
+    for _ in range(rounds):
         for k, s in enumerate(sessions):
             start = time.perf_counter()
             s.run(None, feed)
