@@ -156,7 +156,7 @@ def _with_moved_copies(
 ) -> list[str]:
     """``tensors`` plus what shape ops and MaxPool make of them, transitively (rule 4): at
     the input's scale, so ONNX Runtime drops the Q/DQ around them and moves UINT8 data (a
-    ShuffleNet's channel shuffle: Reshape, Transpose, Reshape, Slice)."""
+    ShuffleNet's channel shuffle: Reshape, Transpose, Reshape; not Slice, see _KEPT_QDQ)."""
     chosen = set(tensors)
     for node in model.graph.node:  # graph order: a copy's copy comes later
         if not node.input or node.name in excluded or node.input[0] not in chosen:
