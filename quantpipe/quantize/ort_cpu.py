@@ -106,8 +106,11 @@ def build_for_ort_cpu(model: onnx.ModelProto) -> OrtCpuBuild:
     merged = _merge_duplicates(out, lowered, index)
     _movers_read_dequantized(out, non_negative)
     _shapes_read_quantized(out)
-    kept = {id(n) for n in out.graph.node}
-    clipped = _fit_clip_ranges(out, [q for q in lowered if id(q) in kept], GraphIndex(out))
+    # The rewrites above rebuilt the node list (protobuf copies the nodes): find the
+    # lowered Qs again by name, not by the objects collected before.
+    names = {q.name for q in lowered} - {""}
+    remaining = [n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.name in names]
+    clipped = _fit_clip_ranges(out, remaining, GraphIndex(out))
     seven_bit = _seven_bit_weights(out, GraphIndex(out), set(clipped))
     drop_unused_initializers(out)
     uint8 = sorted({q.input[0] for q in lowered if q.name in non_negative})

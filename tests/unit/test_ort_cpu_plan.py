@@ -192,3 +192,21 @@ def test_shape_reads_the_quantized_tensor_not_a_dequantized_copy(fp32: onnx.Mode
     shapes = [n for n in build.graph.node if n.op_type == "Shape"]
     assert shapes  # the shuffle's x.size()
     assert all(producers[n.input[0]].op_type != "DequantizeLinear" for n in shapes)
+
+
+def test_relu6_with_a_range_beyond_its_bound_is_folded(
+    fp32: onnx.ModelProto, tmp_path: Path
+) -> None:
+    # A trained MobileNetV2's ReLU6 outputs reach 6: with scale amax/127 the UINT8 range
+    # (255 steps) overshoots 6 and ONNX Runtime keeps the Clip, and the Conv in float.
+    plan = plan_ort_cpu(fp32)
+    amax = _amax(fp32, plan.calibration_tensors)
+    clip = next(n for n in fp32.graph.node if n.op_type == "Clip")
+    amax[clip.output[0]] = 6.0
+    build = build_for_ort_cpu(apply_plan(fp32, plan, amax))
+    assert build.clip_ranges  # rule 4 gave it the scale 6/255
+    path = tmp_path / "build.onnx"
+    onnx.save(build.model, str(path))
+    census = ort_cpu_kernels(path, tmp_path / "optimized.onnx")
+    assert census["integer"]["QLinearConv"] == 6
+    assert _ops(onnx.load(str(tmp_path / "optimized.onnx")))["Clip"] == 0
