@@ -13,6 +13,8 @@ from onnx import numpy_helper
 # Runtime drops a DQ -> op -> Q around them when both share one scale. (Slice: ShuffleNetV2's
 # channel split; without it the shuffled Concats stayed float.)
 SHAPE_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice"})
+# Ops that read only the shape of their input, never its values.
+READS_SHAPE = frozenset({"Shape", "Size"})
 
 
 @dataclass(frozen=True)

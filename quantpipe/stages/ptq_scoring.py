@@ -26,8 +26,9 @@ from quantpipe.quantize import QDQConfig, QDQPlan, plan_qdq, quantize_qdq
 from quantpipe.quantize.bits import INT8, BitWidths
 from quantpipe.quantize.cpu_tactics import Tactic, cache_file, stem_tactics
 from quantpipe.quantize.graph import with_unique_node_names
+from quantpipe.quantize.ort_census import ort_cpu_kernels
 from quantpipe.quantize.ort_cpu import OrtCpuBuild as CpuBuild
-from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
+from quantpipe.quantize.ort_cpu import build_for_ort_cpu
 from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
 from quantpipe.quantize.placement import FloatNode
 from quantpipe.quantize.qdq import apply_plan

@@ -109,7 +109,7 @@ class _Reader:
 
 def phase_measure(args: dict[str, Any]) -> dict[str, Any]:
     """Latency at batch 1 and 32 (interleaved), census and agreement of every model."""
-    from quantpipe.quantize.ort_cpu import ort_cpu_kernels
+    from quantpipe.quantize.ort_census import ort_cpu_kernels
 
     paths = args["models"]
     sessions = {

@@ -11,7 +11,8 @@ import pytest
 
 from quantpipe.quantize import cpu_tactics
 from quantpipe.quantize.cpu_tactics import Tactic, cache_file, input_convs, stem_tactics
-from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
+from quantpipe.quantize.ort_census import ort_cpu_kernels
+from quantpipe.quantize.ort_cpu import build_for_ort_cpu
 from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
 from quantpipe.quantize.qdq import apply_plan
 from tests.unit.test_qdq_insert import _feeds, residual_model

@@ -16,11 +16,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantpipe.quantize import quantize_qdq
+from quantpipe.quantize.ort_census import ort_cpu_kernels
 from quantpipe.quantize.ort_cpu import (
     UINT8_MIDDLE,
     UINT8_ZERO,
     build_for_ort_cpu,
-    ort_cpu_kernels,
 )
 from tests.unit.test_qdq_insert import _amax, _feeds, residual_model
 

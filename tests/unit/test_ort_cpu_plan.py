@@ -22,7 +22,8 @@ from torch import nn
 
 from quantpipe.calibration import CollectConfig, MaxConfig, collect_statistics, compute_all
 from quantpipe.quantize import QDQConfig, plan_qdq
-from quantpipe.quantize.ort_cpu import build_for_ort_cpu, ort_cpu_kernels
+from quantpipe.quantize.ort_census import ort_cpu_kernels
+from quantpipe.quantize.ort_cpu import build_for_ort_cpu
 from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
 from quantpipe.quantize.qdq import apply_plan
 
