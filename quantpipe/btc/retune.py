@@ -9,10 +9,13 @@ Measured on cifar10-resnet20 at 4.5 effective bits (B = 128): test drop 1.32 poi
 without, 0.02 with 300 steps (JPEG CIFAR-10, 4,000 test images).
 
 The steps stop early once the divergence stops falling: a fifth of the calibration samples
-is held out of the steps, its KL is measured every ``check_every`` steps, and after
-``patience`` checks without a gain the best parameters seen are restored. ``steps`` is the
-most that run. (Re-tuning was 79 % of `btc --target-bits 4.5` on ResNet-20, all 300 steps
-whatever the model needed.)
+(at most 512) is held out of the steps, its KL is measured every ``check_every`` steps, and
+after ``patience`` checks whose fall is less than ``min_gain`` of the whole fall so far, the
+best parameters seen are restored. ``steps`` is the most that run. Why that rule: the
+returns fall fast. On ResNet-20 at 4.5 bits the held-out KL went 0.089 → 0.043 in the first
+25 steps (lr 3e-3; test top-1 80.03 → 81.98 %, FP32 81.35) and reached 0.037 after 300;
+ResNet-32: 0.059 → 0.043 → 0.032 at 50 steps (81.33 → 82.45 %, FP32 82.83), 0.028 at 100.
+The old rule (a 1 % fall of the KL itself per check, lr 1e-3) ran all 300 steps on both.
 """
 
 from __future__ import annotations
@@ -21,33 +24,38 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantpipe.data.selection import Selection
 from quantpipe.errors import QuantpipeError
 from quantpipe.progress import track
 
 _KL_FLOOR = 1e-6  # nats: below this a fall in KL is rounding, not a gain
+_MAX_HELD_OUT = 512  # samples: enough for a stable KL; each check is a forward pass of them
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
 @dataclass(frozen=True)
 class RetuneConfig:
     steps: int = 300  # the most steps; fewer run when the held-out KL stops falling
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 128
     seed: int = 0
+    samples: int = 2048  # the first calibration samples used (their FP32 targets are computed)
+    device: str = "cpu"  # where the steps run (torch device name)
     check_every: int = 25
-    patience: int = 2
-    min_gain: float = 0.01  # a check counts as a gain when the KL falls by 1 % of itself
+    patience: int = 1
+    # A check counts as a gain when the KL fell by at least this share of its whole fall
+    # since the start: returns that small are not worth another check_every steps.
+    min_gain: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or not 0 < self.lr < 1:
+        if self.steps < 0 or self.batch_size < 1 or self.samples < 1 or not 0 < self.lr < 1:
             raise QuantpipeError(
-                f"re-tuning needs steps ≥ 0, batch size ≥ 1, 0 < lr < 1; got {self.steps}, "
-                f"{self.batch_size}, {self.lr}"
+                f"re-tuning needs steps ≥ 0, batch size ≥ 1, samples ≥ 1, 0 < lr < 1; got "
+                f"{self.steps}, {self.batch_size}, {self.samples}, {self.lr}"
             )
 
 
@@ -62,23 +70,33 @@ def affine_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+@dataclass(frozen=True)
+class Retuned:
+    model: nn.Module
+    steps: int  # the steps that ran (fewer than RetuneConfig.steps when it stopped early)
+
+
+def fp32_targets(logits: np.ndarray) -> torch.Tensor:
+    """The distillation targets: the FP32 model's log-probabilities over the class axis (1)."""
+    return F.log_softmax(torch.from_numpy(np.ascontiguousarray(logits)).float(), 1)
+
+
 def retune_affine(
-    reference: nn.Module,
     coded: nn.Module,
-    calib: Selection,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
     cfg: RetuneConfig,
     progress: bool = False,
-) -> nn.Module:
-    """Return a copy of `coded` whose affine parameters minimise KL(reference ‖ coded)."""
-    student = copy.deepcopy(coded).eval()  # eval: running statistics stay as they are
+) -> Retuned:
+    """A copy of `coded` whose affine parameters minimise KL(FP32 ‖ coded), the FP32
+    model's log-probabilities on `inputs` being `targets` (computed once by the caller for
+    every candidate). The copy runs on `cfg.device` and comes back on the CPU."""
+    student = copy.deepcopy(coded).eval().to(cfg.device)  # eval: running statistics stay
     params = affine_parameters(student)
     if cfg.steps == 0 or not params:
-        return student
-    x, _ = calib.arrays()
-    inputs = torch.from_numpy(x)
-    with torch.no_grad():
-        targets = torch.cat([F.log_softmax(reference.eval()(b), 1) for b in inputs.split(256)])
-    held = len(inputs) // 5 if len(inputs) >= 10 else 0  # too few to hold any out: all steps
+        return Retuned(student.cpu(), 0)
+    inputs, targets = inputs[: cfg.samples].to(cfg.device), targets[: cfg.samples].to(cfg.device)
+    held = min(len(inputs) // 5, _MAX_HELD_OUT) if len(inputs) >= 10 else 0  # else all steps
     fit, judge = slice(0, len(inputs) - held), slice(len(inputs) - held, len(inputs))
     for p in student.parameters():
         p.requires_grad_(False)
@@ -87,20 +105,22 @@ def retune_affine(
     opt = torch.optim.Adam(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     stop = _EarlyStop(params, cfg, lambda: _kl(student, inputs[judge], targets[judge]))
-    for step in track(range(cfg.steps), "btc re-tune", progress, unit="step"):
+    steps = 0
+    for steps in track(range(1, cfg.steps + 1), "btc re-tune", progress, unit="step"):
         idx = torch.randint(0, len(inputs) - held, (cfg.batch_size,), generator=generator)
+        idx = idx.to(cfg.device)
         out = F.log_softmax(student(inputs[fit][idx]), 1)
         loss = F.kl_div(out, targets[fit][idx], log_target=True, reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if held and (step + 1) % cfg.check_every == 0 and stop.should_stop():
+        if held and steps % cfg.check_every == 0 and stop.should_stop():
             break
     if held:
         stop.restore_best()
     for p in student.parameters():
         p.requires_grad_(False)
-    return student.eval()
+    return Retuned(student.eval().cpu(), steps)
 
 
 def _kl(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -110,25 +130,32 @@ def _kl(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 class _EarlyStop:
-    """Tracks the held-out KL and the best parameters seen (the start counts)."""
+    """Tracks the held-out KL and the best parameters seen (the start counts).
+
+    Until a first gain is seen one more miss is allowed: a noisy first check (the KL a
+    little above the start after 25 steps) must not end a re-tuning that has barely begun.
+    """
 
     def __init__(
         self, params: list[nn.Parameter], cfg: RetuneConfig, measure: Callable[[], float]
     ) -> None:
         self.params, self.cfg, self.measure = params, cfg, measure
-        self.best = measure()
+        self.start = self.best = measure()
         self.best_values = [p.detach().clone() for p in params]
         self.misses = 0
+        self.gained = False
 
     def should_stop(self) -> bool:
         kl = self.measure()
         if kl < self.best:
-            gained = self.best - kl > max(self.cfg.min_gain * self.best, _KL_FLOOR)
+            fall = self.start - kl
+            gained = self.best - kl > max(self.cfg.min_gain * fall, _KL_FLOOR)
             self.best, self.best_values = kl, [p.detach().clone() for p in self.params]
             self.misses = 0 if gained else self.misses + 1
+            self.gained = self.gained or gained
         else:
             self.misses += 1
-        return self.misses >= self.cfg.patience
+        return self.misses >= self.cfg.patience + (0 if self.gained else 1)
 
     def restore_best(self) -> None:
         with torch.no_grad():

@@ -28,7 +28,11 @@ def with_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> nn.Modu
 
 
 def fisher_importance(
-    model: nn.Module, data: Selection, names: Sequence[str], batch_size: int = 64
+    model: nn.Module,
+    data: Selection,
+    names: Sequence[str],
+    device: str = "cpu",
+    batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
     """Σ over samples of (∂ loss / ∂ w)², per weight, with per-sample gradients approximated
     by small-batch gradients (the usual empirical-Fisher shortcut).
@@ -37,13 +41,13 @@ def fisher_importance(
     the data has none. Squared gradient ≈ the curvature the loss has along that weight,
     so weighting the quantization error by it approximates the loss increase (OBS/HAWQ).
     """
+    model.to(device).eval()  # BatchNorm keeps its running statistics: we measure, not train
     params = dict(model.named_parameters())
     fisher = {k: torch.zeros_like(params[k]) for k in names}
-    model.eval()  # BatchNorm keeps its running statistics: we measure, not train
     for x, y in data.batches(batch_size):
-        xt = torch.from_numpy(x)
-        logits = model(xt)
-        target = torch.from_numpy(y) if y is not None and y.ndim == 1 else logits.argmax(1)
+        logits = model(torch.from_numpy(x).to(device))
+        labelled = y is not None and y.ndim == 1
+        target = torch.from_numpy(y).to(device) if labelled else logits.argmax(1)
         model.zero_grad(set_to_none=True)
         F.cross_entropy(logits, target, reduction="sum").backward()
         for k in names:
@@ -51,4 +55,4 @@ def fisher_importance(
             if grad is not None:
                 fisher[k] += grad.detach() ** 2
     model.zero_grad(set_to_none=True)
-    return {k: v.numpy() for k, v in fisher.items()}
+    return {k: v.cpu().numpy() for k, v in fisher.items()}

@@ -186,6 +186,12 @@ def _btc_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="affine re-tuning steps (default: 300 with --target-bits/--max-drop, else 0)",
     )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where Fisher importance and re-tuning run: auto (a GPU if PyTorch sees one), "
+        "cpu, cuda",
+    )
     _add_reference_option(p)
     _add_run_options(p)
 

@@ -61,6 +61,7 @@ def cmd_btc(args: argparse.Namespace) -> int:
         eval_count=args.eval_count,
         calib_count=args.calib_count,
         retune_steps=args.retune_steps,
+        device=args.device,
     )
     with open_run(args, args.model) as run:
         stage = BtcStage(_model(args), _data(args), cfg, LabelSource(args.reference))

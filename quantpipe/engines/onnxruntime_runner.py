@@ -15,17 +15,21 @@ from quantpipe.engines.ort_session import PROVIDERS, OrtConfig, make_session
 
 if TYPE_CHECKING:
     import numpy as np
+    import onnx
 
 
 class OnnxRuntimeRunner(RunnerContext):
-    def __init__(self, model_path: str | Path, config: OrtConfig | None = None) -> None:
-        self.model_path = Path(model_path)
+    def __init__(
+        self, model: str | Path | onnx.ModelProto, config: OrtConfig | None = None
+    ) -> None:
+        # A file, or an in-memory model (BTC scores its decoded models without writing them).
+        self.model = Path(model) if isinstance(model, str | Path) else model
         self.config = config or OrtConfig()
         self.name = f"onnxruntime-{self.config.device}"
         self._session: Any = None
 
     def activate(self) -> None:
-        self._session = make_session(self.model_path, self.config)
+        self._session = make_session(self.model, self.config)
 
     @property
     def session(self) -> Any:

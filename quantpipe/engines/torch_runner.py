@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from quantpipe.engines.backend import Availability, Backend, RunnerOptions
 from quantpipe.engines.backend import unavailable_because_missing as missing
 from quantpipe.engines.base import RunnerContext
+from quantpipe.errors import QuantpipeError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,6 +54,24 @@ def set_torch_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+TORCH_DEVICES = ("auto", "cpu", "cuda")
+
+
+def torch_device(requested: str) -> str:
+    """`auto` → cuda when PyTorch sees a GPU, else cpu; `cuda` without one is an error."""
+    import torch
+
+    if requested not in TORCH_DEVICES:
+        raise QuantpipeError(f"--device {requested!r}: use one of {', '.join(TORCH_DEVICES)}")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise QuantpipeError(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device; use --device cpu"
+        )
+    return requested
 
 
 def _probe(device: str) -> Availability:

@@ -19,7 +19,6 @@ from quantpipe.btc.retune import RetuneConfig
 from quantpipe.data.selection import select
 from quantpipe.errors import QuantpipeError
 from quantpipe.evaluate.evaluate import SplitScores
-from quantpipe.models.spec import ModelSpec
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
 from quantpipe.stages.btc_modes import (
@@ -30,15 +29,19 @@ from quantpipe.stages.btc_modes import (
     mode_params,
 )
 from quantpipe.stages.btc_result import BtcAccuracy, BtcResult, BtcSize, Candidate
+from quantpipe.stages.btc_scoring import REFERENCE_CACHE, OrtScorer, ReferenceCache, reference_key
 from quantpipe.stages.common import DataRef, LabelSource, ModelRef
 
 if TYPE_CHECKING:
+    import onnx
     from torch import nn
 
+    from quantpipe.data.selection import Selection
     from quantpipe.stages.btc_coder import Coded, Coder
+    from quantpipe.stages.btc_result import Baseline
 
 
-COMMON_KEYS = ("calib_count", "eval_count", "retune_steps")
+COMMON_KEYS = ("calib_count", "eval_count", "retune_steps", "device")
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,23 @@ class BtcConfig:
     """A mode (see btc_modes.py) and what every mode shares.
 
     `retune_steps` None means the mode's default: 300 for the budgeted modes (target bits,
-    max drop), 0 for the paper's modes, which stay exactly as published.
+    max drop), 0 for the paper's modes, which stay exactly as published. `device` is where
+    the PyTorch parts (Fisher importance, re-tuning) run: auto takes a GPU when there is one.
     """
 
     mode: BtcMode = field(default_factory=SigmaRuleMode)
     calib_count: int = 4096
     eval_count: int | None = None
     retune_steps: int | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        from quantpipe.engines.torch_runner import TORCH_DEVICES
+
         if self.calib_count < 1:
             raise QuantpipeError(f"--calib-count must be ≥ 1, got {self.calib_count}")
+        if self.device not in TORCH_DEVICES:
+            raise QuantpipeError(f"--device {self.device!r}: use one of {', '.join(TORCH_DEVICES)}")
         RetuneConfig(steps=self.retune())
 
     @staticmethod
@@ -77,6 +86,7 @@ class BtcConfig:
             "calib_count": self.calib_count,
             "eval_count": self.eval_count,
             "retune_steps": self.retune(),
+            "device": self.device,
         }
 
 
@@ -107,46 +117,54 @@ class BtcStage:
         }
 
     def run(self, ctx: StageContext) -> BtcResult:
-        from quantpipe.engines.torch_runner import TorchRunner, set_torch_threads
-        from quantpipe.stages.btc_coder import Coder, baselines
-        from quantpipe.stages.model_accuracy import torch_accuracy
+        from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
+        from quantpipe.engines.torch_runner import set_torch_threads, torch_device
+        from quantpipe.stages.btc_coder import Coder
 
         set_torch_threads(ctx.threads)
         spec, cfg, seed = self.model.spec, self.config, self.data.seed
+        device = torch_device(cfg.device)
         net = self.model.build(ctx.run)
+        scorer = OrtScorer(spec, ctx.threads)
+        fp32_onnx = scorer.export(net)
         dataset = self.data.open()
         # Without labels, accuracy is agreement with the FP32 model: the run's ONNX (or
-        # --reference), else this very PyTorch model before coding.
-        fallback = (lambda: TorchRunner(net), f"the predictions of the FP32 PyTorch {spec.name}")
+        # --reference), else this very model before coding.
+        fallback = (
+            lambda: OnnxRuntimeRunner(fp32_onnx, scorer.ort),
+            f"the predictions of the FP32 {spec.name}",
+        )
         val, test = self.labels.val_test(
             dataset, spec.preprocessing, self.data, cfg.eval_count, ctx, fallback
         )
         calib = select(dataset, "calib", spec.preprocessing, seed, cfg.calib_count)
-        coder = Coder(net, spec, calib, RetuneConfig(steps=cfg.retune(), seed=seed), ctx.progress)
-        fp32 = SplitScores(torch_accuracy(net, val, spec), torch_accuracy(net, test, spec))
+        retune = RetuneConfig(steps=cfg.retune(), seed=seed, device=device)
+        coder = Coder(net, fp32_onnx, calib, retune, scorer, ctx.progress)
+        fp32, baselines = _references(ctx, coder, val, test)
         chosen, candidates = cfg.mode.choose(coder, fp32.val, val)
-        container, size = self._write_artifacts(ctx, coder, chosen)
+        decoded = _export_decoded(scorer, chosen.model)
+        container, size = self._write_artifacts(ctx, coder, chosen, decoded)
         result = BtcResult(
             mode=cfg.mode.name,
             retune_steps=cfg.retune(),
             summary=chosen.encoding.summary,
-            accuracy=BtcAccuracy(
-                fp32, torch_accuracy(chosen.model, test, spec), test.info(), val.info()
-            ),
-            baselines=baselines(coder, test),
+            accuracy=BtcAccuracy(fp32, scorer.accuracy(decoded, test), test.info(), val.info()),
+            baselines=baselines,
             candidates=[
-                Candidate(**c.row(fp32.val), test_accuracy=torch_accuracy(c.model, test, spec))
+                Candidate(**c.row(fp32.val), test_accuracy=scorer.accuracy(c.model, test))
                 for c in candidates
             ],
             container=container,
             size=size,
             truth=test.truth,
+            retune_steps_run=chosen.retune_steps,
+            device=device,
         )
         write_figures(ctx, coder, chosen, result)
         return result
 
     def _write_artifacts(
-        self, ctx: StageContext, coder: Coder, chosen: Coded
+        self, ctx: StageContext, coder: Coder, chosen: Coded, decoded: onnx.ModelProto
     ) -> tuple[ContainerAccounting, BtcSize]:
         import onnx
 
@@ -159,12 +177,31 @@ class BtcStage:
             {"model": self.model.spec.name, "policy": chosen.encoding.summary.policy},
         )
         onnx_tmp = ctx.output(BTC_ONNX)
-        onnx.save(_export_decoded(chosen.model, self.model.spec), str(onnx_tmp))
+        onnx.save(decoded, str(onnx_tmp))
         # The decoded ONNX has the FP32 graph and float32 weights: its size is the FP32
         # ONNX size that the container is compared with.
         fp32_bytes = onnx_tmp.stat().st_size
         ratio = fp32_bytes / accounting.file_bytes
         return accounting, BtcSize(accounting.file_bytes, fp32_bytes, ratio)
+
+
+def _references(
+    ctx: StageContext, coder: Coder, val: Selection, test: Selection
+) -> tuple[SplitScores, dict[str, Baseline]]:
+    """The FP32 model's val and test scores and the 8-bit baselines on test: from the run's
+    cache when the same model and splits were scored before, else measured and cached."""
+    from quantpipe.stages.btc_coder import baselines
+
+    cache = ReferenceCache(ctx.run.path / REFERENCE_CACHE)
+    key = reference_key(coder.fp32, val, test)
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    scorer = coder.scorer
+    fp32 = SplitScores(scorer.accuracy(coder.fp32, val), scorer.accuracy(coder.fp32, test))
+    measured = baselines(coder, test)
+    cache.put(key, fp32, measured)
+    return fp32, measured
 
 
 def write_figures(ctx: StageContext, coder: Coder, chosen: Coded, result: BtcResult) -> None:
@@ -183,10 +220,9 @@ def write_figures(ctx: StageContext, coder: Coder, chosen: Coded, result: BtcRes
     ctx.output(BTC_REPORT_MD).write_text(result.table(coder.spec.name) + "\n")
 
 
-def _export_decoded(net: nn.Module, spec: ModelSpec) -> Any:
-    from quantpipe.export.onnx_export import ExportOptions, export_onnx
-
-    proto = export_onnx(net, spec, ExportOptions())
+def _export_decoded(scorer: OrtScorer, net: nn.Module) -> onnx.ModelProto:
+    """The decoded model as `model.btc.onnx` ships it (and as its accuracy is measured)."""
+    proto = scorer.export(net)
     prop = proto.metadata_props.add()
     prop.key, prop.value = "quantpipe.compression", "btc"
     return proto

@@ -5,33 +5,39 @@ which candidates to try and how to pick; this module knows nothing of them."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from quantpipe.btc.model import ModelEncoding, decode_model, encode_model, select_weight_names
 from quantpipe.btc.policy import Policy, TargetBits
-from quantpipe.btc.retune import RetuneConfig, retune_affine
+from quantpipe.btc.retune import RetuneConfig, fp32_targets, retune_affine
 from quantpipe.btc.torch_bridge import fisher_importance, model_state, with_weights
 from quantpipe.btc.uniform import per_channel_percentile, per_tensor_minmax
 from quantpipe.data.selection import Selection
 from quantpipe.errors import QuantpipeError
-from quantpipe.models.spec import ModelSpec
 from quantpipe.stages.btc_result import Baseline
-from quantpipe.stages.model_accuracy import torch_accuracy
+from quantpipe.stages.btc_scoring import OrtScorer
+
+if TYPE_CHECKING:
+    import onnx
 
 IMPORTANCE_SAMPLES = 512
 
 
 @dataclass(frozen=True, eq=False)
 class Coded:
-    """One candidate: its policy, its coding, the decoded (re-tuned) model, val accuracy."""
+    """One candidate: its policy, its coding, the decoded (re-tuned) model, the re-tuning
+    steps that ran, val accuracy."""
 
     policy: Policy
     encoding: ModelEncoding
     model: nn.Module
+    retune_steps: int = 0
     val_accuracy: float | None = None
 
     def row(self, fp32_val: float) -> dict[str, Any]:
@@ -48,28 +54,28 @@ class Coded:
 
 
 class Coder:
-    """The model's weights, the tensors to code, their importance, and re-tuning."""
+    """The model's weights, the tensors to code, their importance, and re-tuning.
+
+    `fp32` is `net` exported to ONNX: ONNX Runtime computes re-tuning's FP32 targets from
+    it, once for every candidate."""
 
     def __init__(
         self,
         net: nn.Module,
-        spec: ModelSpec,
+        fp32: onnx.ModelProto,
         calib: Selection,
         retune: RetuneConfig,
+        scorer: OrtScorer,
         progress: bool,
     ) -> None:
-        self.net, self.spec, self.calib, self.retune, self.progress = (
-            net,
-            spec,
-            calib,
-            retune,
-            progress,
-        )
+        self.net, self.fp32, self.calib, self.retune = net, fp32, calib, retune
+        self.scorer, self.spec, self.progress = scorer, scorer.spec, progress
         self.state = model_state(net)
         self.names = select_weight_names(net)
         if not self.names:
-            raise QuantpipeError(f"model {spec.name} has no Conv or Linear weights to code")
+            raise QuantpipeError(f"model {self.spec.name} has no Conv or Linear weights to code")
         self._importance: dict[str, np.ndarray] | None = None
+        self._distillation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def encode(self, policy: Policy) -> ModelEncoding:
         importance = self.importance() if isinstance(policy, TargetBits) else None
@@ -79,14 +85,25 @@ class Coder:
         """Encode (unless given), decode, and re-tune the uncoded parameters."""
         encoding = encoding or self.encode(policy)
         decoded = with_weights(copy.deepcopy(self.net), decode_model(encoding.encoded))
-        if self.retune.steps:
-            decoded = retune_affine(self.net, decoded, self.calib, self.retune, self.progress)
-        return Coded(policy, encoding, decoded)
+        if not self.retune.steps:
+            return Coded(policy, encoding, decoded)
+        inputs, targets = self.distillation()
+        tuned = retune_affine(decoded, inputs, targets, self.retune, self.progress)
+        return Coded(policy, encoding, tuned.model, tuned.steps)
+
+    def distillation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-tuning's inputs and the FP32 model's log-probabilities on them, made once."""
+        if self._distillation is None:
+            x, _ = self.calib.head(self.retune.samples).arrays()
+            targets = fp32_targets(self.scorer.logits(self.fp32, x))
+            self._distillation = torch.from_numpy(x), targets
+        return self._distillation
 
     def importance(self) -> dict[str, np.ndarray]:
         if self._importance is None:
             data = self.calib.head(IMPORTANCE_SAMPLES)
-            self._importance = fisher_importance(copy.deepcopy(self.net), data, self.names)
+            net = copy.deepcopy(self.net)
+            self._importance = fisher_importance(net, data, self.names, self.retune.device)
         return self._importance
 
     def uncoded(self, model: nn.Module) -> dict[str, np.ndarray]:
@@ -112,7 +129,7 @@ def search(
     scored: list[Coded] = []
     for policy in policies:
         c = coder.code(policy)
-        c = Coded(c.policy, c.encoding, c.model, torch_accuracy(c.model, val, coder.spec))
+        c = dataclasses.replace(c, val_accuracy=coder.scorer.accuracy(c.model, val))
         scored.append(c)
         if first_admissible and _admissible(c, fp32_val, max_drop, max_rmse):
             break
@@ -144,7 +161,7 @@ def baselines(coder: Coder, test: Selection) -> dict[str, Baseline]:
         n = sum(r.reconstruction.size for r in results.values())
         net = coder.with_reconstruction({k: r.reconstruction for k, r in results.items()})
         out[label] = Baseline(
-            test_accuracy=torch_accuracy(net, test, coder.spec),
+            test_accuracy=coder.scorer.accuracy(net, test),
             bits=8,
             b_eff=sum(r.b_eff * r.reconstruction.size for r in results.values()) / n,
             rmse=float(

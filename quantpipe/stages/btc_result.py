@@ -69,15 +69,23 @@ class BtcResult(JsonResult):
     container: ContainerAccounting
     size: BtcSize
     truth: str = "labels"
+    retune_steps_run: int | None = None  # the chosen model's (early stopping); None: not recorded
+    device: str = "cpu"  # where Fisher importance and re-tuning ran
 
     def lines(self) -> list[str]:
         s, acc, d = self.summary, self.accuracy, self.accuracy.data_test
-        return [
+        lines = [
             f"BTC {s.b_eff:.3f} effective bits ({s.b_avg:.3f} payload), "
             f"{self.size.ratio:.2f}× smaller than the FP32 ONNX; {self._metric()} "
             f"{acc.btc_test:.2f} % vs FP32 {acc.fp32.test:.2f} % on {d.dataset} "
             f"{d.split} ({d.count:,} samples)"
         ]
+        if self.retune_steps and self.retune_steps_run is not None:
+            lines.append(
+                f"re-tuned {self.retune_steps_run} of at most {self.retune_steps} steps on "
+                f"{self.device}"
+            )
+        return lines
 
     def artifact_bits(self) -> dict[str, str]:
         """Weight bits of the BTC artifact (for the run summary)."""

@@ -147,6 +147,8 @@ def phase_fp32(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
+    """Calibration and the models as the ptq stage makes them: the tensors of the widened
+    CPU plan (a superset of the portable plan's), the portable Q/DQ model, the CPU build."""
     import onnx
 
     from quantpipe.calibration import (
@@ -158,14 +160,16 @@ def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
         collect_statistics,
         compute_all,
     )
-    from quantpipe.quantize import plan_qdq, quantize_qdq
-    from quantpipe.quantize.ort_cpu import build_for_ort_cpu
+    from quantpipe.quantize import QDQConfig
+    from quantpipe.quantize.ort_cpu_plan import plan_ort_cpu
+    from quantpipe.stages.ptq_scoring import Quantizer
 
-    model = onnx.load(args["fp32"])
+    quantizer = Quantizer(Path(args["fp32"]), QDQConfig())
+    model = quantizer.source
     images = SyntheticImages(args["count"], args["batch"])
     configs = [MaxConfig(), PercentileConfig(99.99), EntropyConfig(), MseConfig()]
     start = time.perf_counter()
-    plan = plan_qdq(model)
+    plan = plan_ort_cpu(model)
     config = CollectConfig(threads=args["threads"])
     stats = collect_statistics(model, images, plan.calibration_tensors, config)
     collect_s = time.perf_counter() - start - images.data_s
@@ -175,9 +179,10 @@ def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
     peak = _peak_rss_mib()
     start = time.perf_counter()
     for c in configs:
-        qdq = quantize_qdq(model, tables[c]).model
-        onnx.save(qdq, f"{args['dir']}/ours_{c.name}.onnx")
-        onnx.save(build_for_ort_cpu(qdq).model, f"{args['dir']}/ours_{c.name}.ort.onnx")
+        quantized = quantizer.quantize(tables[c], c.name)
+        onnx.save(quantized.model, f"{args['dir']}/ours_{c.name}.onnx")
+        build = quantizer.for_ort_cpu(quantized)
+        onnx.save(build.model, f"{args['dir']}/ours_{c.name}.ort.onnx")
     return {
         "seconds": collect_s + compute_s,
         "collect_seconds": collect_s,
@@ -185,7 +190,7 @@ def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
         "qdq_seconds_per_model": (time.perf_counter() - start) / len(configs),
         "peak_rss_mib": peak,
         "calibrated_tensors": len(plan.calibration_tensors),
-        "float_nodes": [f.name for f in plan.float_nodes],
+        "float_nodes": [f.name for f in quantizer.plan().float_nodes],
     }
 
 

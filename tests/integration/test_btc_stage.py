@@ -81,4 +81,30 @@ def test_container_restores_the_evaluated_model_and_onnx_agrees(btc_run: Path, c
     ]
     assert main(argv) == 0
     ort_top1 = _results(btc_run, "eval.btc.onnxruntime-cpu")["top1"]
-    assert ort_top1 == pytest.approx(_results(btc_run, "btc")["accuracy"]["btc_test"], abs=0.21)
+    # btc measures the very ONNX file it writes, in ONNX Runtime: the same number as eval's.
+    assert ort_top1 == pytest.approx(_results(btc_run, "btc")["accuracy"]["btc_test"], abs=1e-9)
+
+
+def test_fp32_scores_and_baselines_come_from_the_run_cache(btc_run: Path) -> None:
+    cache = btc_run / "btc" / "reference-cache.json"
+    payload = json.loads(cache.read_text())
+    (entry,) = payload["entries"].values()
+    first = _results(btc_run, "btc")
+    assert entry["fp32"]["test"] == first["accuracy"]["fp32"]["test"]
+    # A planted value proves the second run reads the cache instead of measuring again.
+    entry["fp32"]["test"] = 12.5
+    entry["baselines"]["uniform8_per_tensor"]["test_accuracy"] = 7.5
+    cache.write_text(json.dumps(payload))
+    argv = ["btc", "--model", "cifar10-resnet20", "--weights", str(RESNET20), "--data",
+            f"cifar10:{CIFAR_TAR}", "--eval-count", str(COUNT), "--run-dir", str(btc_run),
+            "--block-size", "128", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    second = _results(btc_run, "btc")
+    assert second["accuracy"]["fp32"]["test"] == 12.5
+    assert second["baselines"]["uniform8_per_tensor"]["test_accuracy"] == 7.5
+    # A damaged cache is measured again and rewritten, never an error.
+    cache.write_text("{not json")
+    assert main([*argv[:-3], "--block-size", "32", "--quiet"]) == 0
+    third = _results(btc_run, "btc")
+    assert third["accuracy"]["fp32"]["test"] == first["accuracy"]["fp32"]["test"]
+    assert json.loads(cache.read_text())["format"] == 1

@@ -5,12 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantpipe.btc.policy import SigmaRule, TargetBits
-from quantpipe.btc.retune import RetuneConfig, affine_parameters, retune_affine
-from quantpipe.data.registry import Dataset
-from quantpipe.data.selection import select
-from quantpipe.data.sources import array_source
+from quantpipe.btc.retune import RetuneConfig, affine_parameters, fp32_targets, retune_affine
 from quantpipe.errors import QuantpipeError
-from quantpipe.models.spec import Preprocessing
 from quantpipe.stages.btc import BtcConfig
 from quantpipe.stages.btc_modes import TargetBitsMode
 
@@ -77,8 +73,6 @@ def test_retune_reduces_the_gap_and_touches_only_affine_parameters() -> None:
     with torch.no_grad():  # a coarse "coding" of the conv weights
         coded.conv.weight.copy_(torch.round(coded.conv.weight * 2) / 2)
     x = np.random.default_rng(0).standard_normal((256, 1, 6, 6)).astype(np.float32)
-    pools = {"all": array_source(x, np.zeros(256, np.int64), kind="tensor", max_value=1.0)}
-    calib = select(Dataset("t", None, pools), "all", Preprocessing(1, (6, 6), (0.0,), (1.0,)))
 
     def gap(m: nn.Module) -> float:
         with torch.no_grad():
@@ -92,7 +86,11 @@ def test_retune_reduces_the_gap_and_touches_only_affine_parameters() -> None:
                 )
             )
 
-    tuned = retune_affine(reference, coded, calib, RetuneConfig(steps=200, lr=1e-2))
+    inputs = torch.from_numpy(x)
+    with torch.no_grad():
+        targets = fp32_targets(reference(inputs).numpy())
+    cfg = RetuneConfig(steps=200, lr=1e-2, patience=8)  # the fit itself, not early stopping
+    tuned = retune_affine(coded, inputs, targets, cfg).model
     assert gap(tuned) < 0.5 * gap(coded)
     assert torch.equal(tuned.conv.weight, coded.conv.weight)  # coded weights untouched
     assert torch.equal(tuned.fc.weight, coded.fc.weight)
@@ -104,14 +102,17 @@ def test_retune_stops_once_the_held_out_kl_stops_falling() -> None:
     coded = _Net().eval()
     coded.load_state_dict(reference.state_dict())  # nothing to recover: KL 0 from the start
     x = np.random.default_rng(0).standard_normal((256, 1, 6, 6)).astype(np.float32)
-    pools = {"all": array_source(x, np.zeros(256, np.int64), kind="tensor", max_value=1.0)}
-    calib = select(Dataset("t", None, pools), "all", Preprocessing(1, (6, 6), (0.0,), (1.0,)))
+    inputs = torch.from_numpy(x)
+    with torch.no_grad():
+        targets = fp32_targets(reference(inputs).numpy())
     batches: list[int] = []
     coded.register_forward_hook(lambda m, inp, out: batches.append(len(inp[0])))
-    cfg = RetuneConfig(steps=300, batch_size=16, check_every=25, patience=2)
-    tuned = retune_affine(reference, coded, calib, cfg)
+    cfg = RetuneConfig(steps=300, batch_size=16, check_every=25, patience=1)
+    tuned = retune_affine(coded, inputs, targets, cfg)
     steps = sum(1 for n in batches if n == 16)
-    assert steps == 50  # two checks without a gain, not 300 steps
+    # Two checks without a gain (one more than patience, as none was ever seen), not 300.
+    assert steps == tuned.steps == 50
+    tuned = tuned.model
     # The best parameters seen are restored: still (almost) the reference, not where the
     # last 25 steps of noise left them.
     t = torch.from_numpy(x)
@@ -121,3 +122,15 @@ def test_retune_stops_once_the_held_out_kl_stops_falling() -> None:
             reduction="batchmean",
         )  # fmt: skip
     assert float(kl) < 1e-5
+
+
+def test_device_is_checked_before_any_work() -> None:
+    from quantpipe.engines.torch_runner import torch_device
+
+    with pytest.raises(QuantpipeError, match="--device 'tpu'"):
+        BtcConfig(device="tpu")
+    assert torch_device("cpu") == "cpu"
+    assert torch_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(QuantpipeError, match="sees no CUDA device"):
+            torch_device("cuda")
