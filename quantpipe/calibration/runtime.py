@@ -40,10 +40,15 @@ class InputSpec:
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model, or one line saying why not: missing, not ONNX, or external data that the
+    onnx library refuses to read (outside the model's directory, absolute, a symlink)."""
+    from quantpipe.export.metadata import load_onnx
+
     path = Path(path)
     if not path.is_file():
         raise QuantpipeError(f"model file {str(path)!r} does not exist")
-    return onnx.load(str(path))
+    model: onnx.ModelProto = load_onnx(path)
+    return model
 
 
 def with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:

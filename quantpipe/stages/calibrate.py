@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import onnx
 
 from quantpipe.artifacts import CALIB_DIR, record_name
 from quantpipe.calibration import (
@@ -37,7 +36,7 @@ from quantpipe.calibration import (
 )
 from quantpipe.data.selection import DataInfo, Selection, select
 from quantpipe.errors import DataError, QuantpipeError
-from quantpipe.export.metadata import require_contract
+from quantpipe.export.metadata import load_onnx, require_contract
 from quantpipe.pipeline.hashing import sha256_file
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir
@@ -173,7 +172,7 @@ def _collect(
     cfg: CalibrateConfig,
     ctx: StageContext,
 ) -> dict[CalibratorConfig, dict[str, float]]:
-    model = onnx.load(str(onnx_path))
+    model = load_onnx(onnx_path)
     tensors = plan_ort_cpu(model, QDQConfig(exclude=cfg.exclude)).calibration_tensors
     input_name = model.graph.input[0].name
     stats = collect_statistics(
@@ -204,9 +203,7 @@ def imported_table(path: Path, onnx_path: Path, cfg: CalibrateConfig) -> Calibra
     if not path.is_file():
         raise DataError(f"calibration cache not found: {path} (from --calib-cache)")
     amax = import_trt_cache(path)
-    tensors = plan_qdq(
-        onnx.load(str(onnx_path)), QDQConfig(exclude=cfg.exclude)
-    ).calibration_tensors
+    tensors = plan_qdq(load_onnx(onnx_path), QDQConfig(exclude=cfg.exclude)).calibration_tensors
     missing = [t for t in tensors if t not in amax]
     if missing:
         raise QuantpipeError(
@@ -216,6 +213,6 @@ def imported_table(path: Path, onnx_path: Path, cfg: CalibrateConfig) -> Calibra
     config = make_config("max")
     provenance: dict[str, Any] = {"imported_trt_cache": str(path), "sha256": sha256_file(path)}
     # Tensors only the CPU build quantizes are kept where the cache has them (else float).
-    wanted = plan_ort_cpu(onnx.load(str(onnx_path)), QDQConfig(exclude=cfg.exclude))
+    wanted = plan_ort_cpu(load_onnx(onnx_path), QDQConfig(exclude=cfg.exclude))
     kept = {t: amax[t] for t in wanted.calibration_tensors if t in amax}
     return make_table(sha256_file(onnx_path), config, provenance, kept)

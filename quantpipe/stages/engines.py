@@ -200,9 +200,10 @@ class EnginesStage:
         import onnx
 
         from quantpipe.engines.fp16 import check_fp16, to_fp16
+        from quantpipe.export.metadata import load_onnx
 
         out = ctx.output(fp16_file(source))
-        onnx.save(to_fp16(onnx.load(str(source)), source=source), str(out))
+        onnx.save(to_fp16(load_onnx(source), source=source), str(out))
         checks[FP32] = check_fp16(source, out, _check_batches(source, self.data), ctx.threads)
         return out
 
