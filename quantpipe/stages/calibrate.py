@@ -203,7 +203,8 @@ def imported_table(path: Path, onnx_path: Path, cfg: CalibrateConfig) -> Calibra
     if not path.is_file():
         raise DataError(f"calibration cache not found: {path} (from --calib-cache)")
     amax = import_trt_cache(path)
-    tensors = plan_qdq(load_onnx(onnx_path), QDQConfig(exclude=cfg.exclude)).calibration_tensors
+    model, qdq_config = load_onnx(onnx_path), QDQConfig(exclude=cfg.exclude)
+    tensors = plan_qdq(model, qdq_config).calibration_tensors
     missing = [t for t in tensors if t not in amax]
     if missing:
         raise QuantpipeError(
@@ -213,6 +214,6 @@ def imported_table(path: Path, onnx_path: Path, cfg: CalibrateConfig) -> Calibra
     config = make_config("max")
     provenance: dict[str, Any] = {"imported_trt_cache": str(path), "sha256": sha256_file(path)}
     # Tensors only the CPU build quantizes are kept where the cache has them (else float).
-    wanted = plan_ort_cpu(load_onnx(onnx_path), QDQConfig(exclude=cfg.exclude))
+    wanted = plan_ort_cpu(model, qdq_config)
     kept = {t: amax[t] for t in wanted.calibration_tensors if t in amax}
     return make_table(sha256_file(onnx_path), config, provenance, kept)
