@@ -59,12 +59,17 @@ def set_torch_threads(threads: int) -> None:
 TORCH_DEVICES = ("auto", "cpu", "cuda")
 
 
+def check_device_name(requested: str) -> None:
+    """A --device value is one of TORCH_DEVICES (checked before torch is imported)."""
+    if requested not in TORCH_DEVICES:
+        raise QuantpipeError(f"--device {requested!r}: use one of {', '.join(TORCH_DEVICES)}")
+
+
 def torch_device(requested: str) -> str:
     """`auto` → cuda when PyTorch sees a GPU, else cpu; `cuda` without one is an error."""
     import torch
 
-    if requested not in TORCH_DEVICES:
-        raise QuantpipeError(f"--device {requested!r}: use one of {', '.join(TORCH_DEVICES)}")
+    check_device_name(requested)
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():

@@ -60,12 +60,11 @@ class BtcConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        from quantpipe.engines.torch_runner import TORCH_DEVICES
+        from quantpipe.engines.torch_runner import check_device_name
 
         if self.calib_count < 1:
             raise QuantpipeError(f"--calib-count must be ≥ 1, got {self.calib_count}")
-        if self.device not in TORCH_DEVICES:
-            raise QuantpipeError(f"--device {self.device!r}: use one of {', '.join(TORCH_DEVICES)}")
+        check_device_name(self.device)
         RetuneConfig(steps=self.retune())
 
     @staticmethod
@@ -144,14 +143,18 @@ class BtcStage:
         chosen, candidates = cfg.mode.choose(coder, fp32.val, val)
         decoded = _export_decoded(scorer, chosen.model)
         container, size = self._write_artifacts(ctx, coder, chosen, decoded)
+        btc_test = scorer.accuracy(decoded, test)  # the chosen candidate's too (search modes)
         result = BtcResult(
             mode=cfg.mode.name,
             retune_steps=cfg.retune(),
             summary=chosen.encoding.summary,
-            accuracy=BtcAccuracy(fp32, scorer.accuracy(decoded, test), test.info(), val.info()),
+            accuracy=BtcAccuracy(fp32, btc_test, test.info(), val.info()),
             baselines=baselines,
             candidates=[
-                Candidate(**c.row(fp32.val), test_accuracy=scorer.accuracy(c.model, test))
+                Candidate(
+                    **c.row(fp32.val),
+                    test_accuracy=btc_test if c is chosen else scorer.accuracy(c.model, test),
+                )
                 for c in candidates
             ],
             container=container,
