@@ -8,14 +8,22 @@ host that only serves ONNX models needs no torch at all.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import errno
 import importlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from quantpipe.cli.parser import build_parser
 from quantpipe.errors import QuantpipeError
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+# Write failures that mean "no room" (a full disk, a file-size limit, a quota), not a bug.
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 COMMANDS = {
     "models": "quantpipe.cli.listings:cmd_models",
     "datasets": "quantpipe.cli.listings:cmd_datasets",
@@ -46,6 +54,11 @@ _OPTIONAL_STACK = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _terminate_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return _handler(args.command)(args)
     except QuantpipeError as e:
@@ -67,12 +80,49 @@ def main(argv: Sequence[str] | None = None) -> int:
             "write there",
             QuantpipeError.exit_code,
         )
-    except KeyboardInterrupt:
-        # Stages only rename finished outputs into place, so nothing partial is left.
-        print(
-            f"quantpipe {args.command}: interrupted; no partial artifact was kept", file=sys.stderr
+    except OSError as e:
+        if e.errno not in _NO_ROOM:
+            raise
+        return _fail(
+            args.command,
+            f"cannot write {e.filename or 'an output'}: {e.strerror}; free disk space (or raise "
+            "the file-size limit) and rerun: earlier outputs are intact and nothing partial was "
+            "kept",
+            QuantpipeError.exit_code,
         )
-        return EXIT_INTERRUPTED
+    except _Terminated:
+        return _stopped(args.command, "terminated", EXIT_TERMINATED)
+    except KeyboardInterrupt:
+        return _stopped(args.command, "interrupted", EXIT_INTERRUPTED)
+
+
+def _stopped(command: str, how: str, code: int) -> int:
+    # Stages only rename finished outputs into place, so nothing partial is left.
+    print(f"quantpipe {command}: {how}; no partial artifact was kept", file=sys.stderr)
+    return code
+
+
+class _Terminated(BaseException):
+    """SIGTERM (`kill`, a container stop): unwinds like Ctrl-C, so temporary files go."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into `_Terminated` while a command runs. Python's default for SIGTERM is
+    to die at once, leaving temporary files behind; a command that installs its own handler
+    (`serve`) replaces this one while it runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _handler(command: str) -> Callable[..., int]:

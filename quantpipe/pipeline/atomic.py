@@ -4,6 +4,10 @@ The new content goes to a temporary file in the destination's own directory (so 
 final rename stays on one file system and is atomic), is fsynced, then renamed over
 the destination. Until the rename, an earlier good file under the final name is
 untouched.
+
+Temporary files are named `.<final name>.<random>.tmp` and scratch directories
+`.scratch-<random>`, so that `remove_temporaries` can find what a killed process (SIGKILL,
+power loss) left behind and nothing else.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+TEMP_SUFFIX = ".tmp"
+SCRATCH_PREFIX = ".scratch-"
 
 
 @contextlib.contextmanager
@@ -27,9 +35,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = new_temporary(dest)
     try:
         yield tmp
         _fsync_file(tmp)
@@ -39,6 +45,30 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def new_temporary(dest: Path) -> Path:
+    """A new, empty temporary file beside `dest`, named as `remove_temporaries` expects."""
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def remove_temporaries(root: Path) -> list[Path]:
+    """Remove the temporary files and scratch directories under `root` that an interrupted
+    writer left; return them. Only for a directory this process holds exclusively (a locked
+    run directory): another writer's live temporary file would be removed too."""
+    found = []
+    for path in sorted(root.rglob(".*")):
+        if path.is_symlink():
+            continue
+        if path.is_file() and path.name.endswith(TEMP_SUFFIX):
+            path.unlink(missing_ok=True)
+            found.append(path)
+        elif path.is_dir() and path.name.startswith(SCRATCH_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+            found.append(path)
+    return found
 
 
 def new_file_mode() -> int:

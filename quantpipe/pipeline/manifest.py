@@ -93,6 +93,14 @@ class Manifest:
     def record(self, stage: StageRecord) -> None:
         """Store a finished stage and rewrite the manifest atomically."""
         self.stages[stage.name] = stage
+        self._write()
+
+    def forget(self, name: str) -> None:
+        """Drop a stage's record and rewrite the manifest atomically."""
+        if self.stages.pop(name, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
         atomic_write_json(
             self.path,
             {

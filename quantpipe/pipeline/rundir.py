@@ -7,6 +7,7 @@ from pathlib import Path
 from types import TracebackType
 
 from quantpipe.errors import QuantpipeError
+from quantpipe.pipeline.atomic import remove_temporaries
 from quantpipe.pipeline.lock import RunDirLock
 from quantpipe.pipeline.manifest import Manifest
 
@@ -26,6 +27,9 @@ class RunDir:
         lock = RunDirLock(p)
         lock.acquire()
         try:
+            # Holding the lock, nobody else writes here: a temporary file is a killed
+            # process's leftover, never part of an artifact.
+            remove_temporaries(p)
             return RunDir(p, Manifest.load(p), lock)
         except BaseException:
             lock.release()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from quantpipe.errors import QuantpipeError
-from quantpipe.pipeline.atomic import new_file_mode
+from quantpipe.pipeline.atomic import SCRATCH_PREFIX, new_file_mode, new_temporary
 from quantpipe.pipeline.hashing import fingerprint_path, sha256_file
 from quantpipe.pipeline.manifest import FileRecord, StageRecord
 from quantpipe.pipeline.results import JsonResult
@@ -97,10 +97,14 @@ class StageContext:
         """A temporary path to write the output `relpath` (relative to the run directory)."""
         final = self.run.path / relpath
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        os.close(fd)
-        self._pending[relpath] = Path(tmp)
-        return Path(tmp)
+        tmp = new_temporary(final)
+        self._pending[relpath] = tmp
+        return tmp
+
+    def scratch_dir(self) -> tempfile.TemporaryDirectory[str]:
+        """A temporary directory inside the run directory for intermediate files (removed on
+        exit; one a killed process leaves behind is removed when the run is next opened)."""
+        return tempfile.TemporaryDirectory(dir=self.run.path, prefix=SCRATCH_PREFIX)
 
     def adopt(self, relpath: str) -> None:
         """Record a file that already sits in the run directory as an output of this stage.
@@ -149,6 +153,11 @@ def run_stage(run: RunDir, stage: Stage[R], options: RunOptions | None = None) -
     start = time.perf_counter()
     try:
         result = stage.run(ctx)
+        if previous is not None:
+            # The renames below replace files the old record vouches for: forget it first, so
+            # that a kill between two renames leaves no record claiming a file it no longer
+            # matches (the stage then simply runs again).
+            run.manifest.forget(stage.name)
         outputs = ctx._commit()
     finally:
         ctx._discard()

@@ -13,7 +13,6 @@ at their widths (`model.mp.qpmix`), with `mixed/report.md` and its plots.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,7 +71,7 @@ class MixedStage:
         from quantpipe.mixed.report import write_report
 
         s = prepare(self.onnx, self.data, self.config, self.labels, ctx.run.path, ctx.threads)
-        with tempfile.TemporaryDirectory(dir=ctx.run.path) as tmp:
+        with ctx.scratch_dir() as tmp:
             result = self._run(s, ctx, Path(tmp))
         write_report(result, s, self.onnx, ctx)
         return result

@@ -14,7 +14,6 @@ see quantpipe.quantize.ort_cpu), which is what a CPU host should serve.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -101,7 +100,7 @@ class PtqStage:
         quantizer = scoring.Quantizer(self.onnx, cfg.qdq_config())
         fp32 = self._input_scores(val, test, contract, ctx)
         control = None
-        with tempfile.TemporaryDirectory(dir=ctx.run.path) as tmp:
+        with ctx.scratch_dir() as tmp:
             splits = (val, test)
             scored = scoring.score_all(quantizer, tables, Path(tmp), splits, contract, ctx.threads)
             best = scoring.choose(scored, len(val), contract.task)

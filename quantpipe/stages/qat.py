@@ -10,7 +10,6 @@ every process trains on its share of each batch; rank 0 alone writes.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -131,7 +130,7 @@ class QatStage:
         job = self.job(ctx.run.path)
         session = qat_session.prepare(job, ctx.run.path, ctx.threads)
         start, trained, device = qat_session.train(job, session, ctx.progress)
-        with tempfile.TemporaryDirectory(dir=ctx.run.path) as tmp:
+        with ctx.scratch_dir() as tmp:
             exported = qat_session.export(job, session, ctx, Path(tmp))
         return QatResult(
             input=str(self.onnx),

@@ -139,3 +139,60 @@ def test_outputs_get_the_umasks_mode_not_the_temporary_files(tmp_path: Path, uma
         os.umask(old)
     for path in (tmp_path / "run" / "result.txt", tmp_path / "atomic.bin"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+@dataclass(frozen=True)
+class TwoWriter(Writer):
+    """Writes `text` to a.txt and b.txt: a stage whose commit is two renames."""
+
+    def run(self, ctx: StageContext) -> Counted:
+        self.calls.append(1)
+        for name in ("a.txt", "b.txt"):
+            ctx.output(name).write_text(self.text)
+        return Counted(len(self.calls))
+
+
+def test_a_crash_between_two_renames_leaves_no_record_claiming_a_changed_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    with RunDir.open(tmp_path / "run") as run:
+        run_stage(run, TwoWriter(calls, text="old"))
+    renames: list[str] = []
+
+    def die_on_the_second(src: str, dst: str) -> None:
+        # What a SIGKILL or power loss between the two renames leaves behind.
+        if Path(dst).suffix == ".txt":
+            if renames:
+                raise SystemExit("killed")
+            renames.append(dst)
+        real_replace(src, dst)
+
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", die_on_the_second)
+    with pytest.raises(SystemExit), RunDir.open(tmp_path / "run") as run:
+        run_stage(run, TwoWriter(calls, text="new", parameters={"p": 2}))
+    monkeypatch.undo()
+    texts = [(tmp_path / "run" / n).read_text() for n in ("a.txt", "b.txt")]
+    assert texts == ["new", "old"]  # the kill landed between the renames
+    with RunDir.open(tmp_path / "run") as run:
+        assert "s" not in run.manifest.stages  # nothing vouches for the mixed pair
+        again = run_stage(run, TwoWriter(calls, text="new", parameters={"p": 2}))
+    assert not again.skipped
+    assert [(tmp_path / "run" / n).read_text() for n in ("a.txt", "b.txt")] == ["new", "new"]
+
+
+def test_opening_a_run_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    run_path = tmp_path / "run"
+    leftovers = [run_path / ".model.onnx.k2j3.tmp", run_path / "calib" / ".ab12.json.x9.tmp"]
+    kept = [run_path / ".profile", run_path / "notes.tmp", run_path / "model.onnx"]
+    for path in [*leftovers, *kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    scratch = run_path / ".scratch-q8w1"
+    (scratch / "deep").mkdir(parents=True)
+    (scratch / "deep" / "candidate.onnx").write_text("x")
+    with RunDir.open(run_path):
+        pass
+    assert not any(p.exists() for p in [*leftovers, scratch])
+    assert all(p.is_file() for p in kept)
