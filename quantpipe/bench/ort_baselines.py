@@ -75,7 +75,7 @@ def _quantize(fp32: Path, out: Path, config: BaselineConfig, calib: Selection) -
 
 
 def _input_name(path: Path) -> str:
-    from quantpipe.export.metadata import load_onnx
+    from quantpipe.export.onnx_file import load_onnx
 
     return str(load_onnx(path, load_external_data=False).graph.input[0].name)
 

@@ -42,7 +42,7 @@ class InputSpec:
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """The model, or one line saying why not: missing, not ONNX, or external data that the
     onnx library refuses to read (outside the model's directory, absolute, a symlink)."""
-    from quantpipe.export.metadata import load_onnx
+    from quantpipe.export.onnx_file import load_onnx
 
     path = Path(path)
     if not path.is_file():

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from quantpipe.data.selection import select
-from quantpipe.export.metadata import load_onnx, require_contract
+from quantpipe.export.metadata import require_contract
+from quantpipe.export.onnx_file import load_onnx
 from quantpipe.stages.common import DataRef
 from quantpipe.text_table import format_table
 

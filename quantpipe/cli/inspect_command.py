@@ -75,7 +75,7 @@ def _shape(dims: Sequence[int | str]) -> str:
 
 
 def inspect_onnx(path: Path) -> None:
-    from quantpipe.export.metadata import load_onnx
+    from quantpipe.export.onnx_file import load_onnx
     from quantpipe.pipeline.hashing import sha256_file
 
     model = load_onnx(path, load_external_data=False)
@@ -191,7 +191,7 @@ def inspect_engine(path: Path) -> None:
     _print_fields(_engine_rows(engine, meta))
     print(_checks(engine))  # raises, after all of the above, when a check fails
     if engine.suffix.lower() == ".onnx":
-        from quantpipe.export.metadata import load_onnx
+        from quantpipe.export.onnx_file import load_onnx
 
         print("\nONNX model:")
         print_onnx_summary(load_onnx(engine, load_external_data=False))

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from quantpipe.data.lazy_masks import LazyMasks
+from quantpipe.data.safe_image import open_image
 from quantpipe.data.sources import Source, lazy_image_source
 from quantpipe.errors import DataError
 
@@ -134,17 +135,12 @@ def _shrink(im: Image.Image, size: tuple[int, int], resample: Image.Resampling) 
 
 def _header_size(path: Path) -> tuple[int, int]:
     """(width, height) from the PNG header; the pixels are not decoded."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read Cityscapes image {path}: {e}") from None
+    with open_image(path, f"Cityscapes {path}", ("PNG",)) as im:
+        return im.size
 
 
 def _decode(path: Path, transform: Callable[[Image.Image], Image.Image]) -> np.ndarray:
-    """The pixels of `transform(image)`, naming the file if it cannot be read or decoded."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(transform(im))
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot decode Cityscapes image {path}: {e}") from None
+    """The pixels of `transform(image)`, naming the file if it cannot be read or decoded
+    (as PNG only, and refused over MAX_IMAGE_PIXELS: see `safe_image`)."""
+    with open_image(path, f"Cityscapes {path}", ("PNG",)) as im:
+        return np.asarray(transform(im))

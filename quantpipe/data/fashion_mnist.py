@@ -1,8 +1,15 @@
-"""Fashion-MNIST from its idx files (gzip or plain), e.g. as the Debian package installs them."""
+"""Fashion-MNIST from its idx files (gzip or plain), e.g. as the Debian package installs them.
+
+An idx header declares its array's dims; only that many bytes are read (decompressed), and
+never more than `MAX_IDX_BYTES`, so a crafted header or a .gz decompression bomb is refused
+before it can fill memory.
+"""
 
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +33,8 @@ CLASSES = (
 _FILES = {"train": "train", "test": "t10k"}
 # idx magic: two zero bytes, a type code (0x08 = unsigned byte), and the number of axes.
 _UBYTE = 0x08
+# The largest idx file read: Fashion-MNIST's train images are 47 MB.
+MAX_IDX_BYTES = 256 * 2**20
 
 
 def load_fashion_mnist(root: Path) -> dict[str, Source]:
@@ -73,14 +82,30 @@ def read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != _UBYTE:
+                raise DataError(f"{path} is not an unsigned-byte idx file (bad magic)")
+            raw_dims = f.read(4 * head[3])
+            dims = [int.from_bytes(raw_dims[i : i + 4], "big") for i in range(0, len(raw_dims), 4)]
+            size = _checked_size(path, dims, head[3])
+            data = f.read(size + 1)  # one byte more: a file longer than declared is refused
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _UBYTE:
-        raise DataError(f"{path} is not an unsigned-byte idx file (bad magic)")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: header says {dims}, file has {len(data)} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+    if len(data) != size:
+        state = "is truncated" if len(data) < size else "holds more than"
+        raise DataError(f"{path} {state}: header says {dims} ({size:,} bytes)")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _checked_size(path: Path, dims: list[int], ndim: int) -> int:
+    """Bytes the header declares, refused past MAX_IDX_BYTES before any is read."""
+    if len(dims) != ndim:
+        raise DataError(f"{path} is truncated: its header is cut short")
+    size = math.prod(dims)
+    if size > MAX_IDX_BYTES:
+        raise DataError(
+            f"{path} declares dims {dims} = {size:,} bytes, over MAX_IDX_BYTES "
+            f"({MAX_IDX_BYTES:,}): refused before reading (a crafted header or a .gz "
+            "decompression bomb; Fashion-MNIST's largest file is 47 MB)"
+        )
+    return size

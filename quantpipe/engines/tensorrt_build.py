@@ -57,13 +57,11 @@ def build_plan(job: BuildJob) -> BuildInfo:
 
 
 def load_onnx(path: Path) -> Any:
-    """The ONNX graph at `path` without its external weights (only shapes and types are
-    read here; TensorRT's parser reads the file itself)."""
-    import onnx
+    """The ONNX graph at `path`, checked, without its external weights (only shapes and types
+    are read here; TensorRT's parser reads the file itself)."""
+    from quantpipe.export.onnx_file import load_onnx as load_checked
 
-    if not path.is_file():
-        raise QuantpipeError(f"ONNX model not found: {path}")
-    return onnx.load(str(path), load_external_data=False)
+    return load_checked(path, load_external_data=False)
 
 
 def onnx_precision(model: Any) -> Precision:

@@ -13,6 +13,7 @@ from typing import Any
 
 from quantpipe import __version__
 from quantpipe.errors import QuantpipeError
+from quantpipe.export.onnx_file import load_onnx
 from quantpipe.models.spec import ModelSpec, Preprocessing
 
 PREPROCESSING_KEY = "quantpipe.preprocessing"
@@ -51,20 +52,6 @@ def set_metadata(proto: Any, spec: ModelSpec) -> None:
         prop.key, prop.value = key, value
     proto.producer_name = "quantpipe"
     proto.producer_version = __version__
-
-
-def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
-    """Load an ONNX file, or raise a user error saying why it cannot be read."""
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except FileNotFoundError:
-        raise QuantpipeError(f"ONNX model not found: {path}") from None
-    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
-        raise QuantpipeError(
-            f"{path} is not a readable ONNX model ({type(e).__name__}: {e})"
-        ) from None
 
 
 def read_metadata(proto: Any) -> dict[str, str]:

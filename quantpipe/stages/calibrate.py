@@ -36,7 +36,8 @@ from quantpipe.calibration import (
 )
 from quantpipe.data.selection import DataInfo, Selection, select
 from quantpipe.errors import DataError, QuantpipeError
-from quantpipe.export.metadata import load_onnx, require_contract
+from quantpipe.export.metadata import require_contract
+from quantpipe.export.onnx_file import load_onnx
 from quantpipe.pipeline.hashing import sha256_file
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.pipeline.rundir import RunDir

@@ -200,7 +200,7 @@ class EnginesStage:
         import onnx
 
         from quantpipe.engines.fp16 import check_fp16, to_fp16
-        from quantpipe.export.metadata import load_onnx
+        from quantpipe.export.onnx_file import load_onnx
 
         out = ctx.output(fp16_file(source))
         onnx.save(to_fp16(load_onnx(source), source=source), str(out))
@@ -242,7 +242,7 @@ def _metadata(
     info: Any,
     seconds: float,
 ) -> EngineMeta:
-    from quantpipe.export.metadata import load_onnx
+    from quantpipe.export.onnx_file import load_onnx
 
     inputs, outputs = onnx_io(load_onnx(model_file, load_external_data=False))
     return EngineMeta(

@@ -15,7 +15,8 @@ from quantpipe.data.selection import Selection, select
 from quantpipe.engines.ort_session import OrtConfig
 from quantpipe.errors import QuantpipeError
 from quantpipe.evaluate.evaluate import SplitScores
-from quantpipe.export.metadata import ModelContract, load_onnx, require_contract
+from quantpipe.export.metadata import ModelContract, require_contract
+from quantpipe.export.onnx_file import load_onnx
 from quantpipe.mixed.pareto import Layer
 from quantpipe.mixed.presets import Precision, parse_precision
 from quantpipe.mixed.sensitivity import SensitivityConfig

@@ -21,7 +21,8 @@ from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
 from quantpipe.engines.ort_session import OrtConfig
 from quantpipe.evaluate.evaluate import EvalSetup, evaluate
 from quantpipe.evaluate.fidelity import output_kl
-from quantpipe.export.metadata import ModelContract, load_onnx, read_metadata
+from quantpipe.export.metadata import ModelContract, read_metadata
+from quantpipe.export.onnx_file import load_onnx
 from quantpipe.quantize import QDQConfig, QDQPlan, plan_qdq, quantize_qdq
 from quantpipe.quantize.bits import INT8, BitWidths
 from quantpipe.quantize.cpu_tactics import Tactic, cache_file, stem_tactics

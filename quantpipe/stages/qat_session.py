@@ -13,7 +13,8 @@ from quantpipe.data.selection import Selection, select
 from quantpipe.engines.ort_session import OrtConfig
 from quantpipe.engines.torch_runner import set_torch_threads
 from quantpipe.evaluate.evaluate import SplitScores
-from quantpipe.export.metadata import ModelContract, load_onnx, require_contract
+from quantpipe.export.metadata import ModelContract, require_contract
+from quantpipe.export.onnx_file import load_onnx
 from quantpipe.pipeline.hashing import sha256_file, sha256_json
 from quantpipe.pipeline.manifest import Manifest
 from quantpipe.pipeline.stage import StageContext

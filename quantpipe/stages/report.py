@@ -211,7 +211,8 @@ def _metric(score: Score) -> str:
 
 
 def _model_name(run: RunDir) -> str:
-    from quantpipe.export.metadata import load_onnx, read_metadata
+    from quantpipe.export.metadata import read_metadata
+    from quantpipe.export.onnx_file import load_onnx
 
     for rel in (FP32_ONNX, BTC_ONNX):
         if run.artifact(rel).is_file():
