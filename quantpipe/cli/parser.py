@@ -361,6 +361,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching wait")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,  # quantpipe.serving.server.DEFAULT_MAX_QUEUE (not imported: it loads numpy)
+        help="requests each engine's model may queue; Triton rejects more at once (default "
+        "256; a --repository's config.pbtxt sets its own)",
+    )
     p.add_argument("--runs-dir", default="runs", help="where run names are looked up")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per model (0: default)")
 

@@ -21,7 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_environment()
     options = ServeOptions(
         args.host, args.http_port, args.grpc_port, args.metrics_port, args.max_queue_delay_us,
-        args.threads,
+        args.threads, args.max_queue,
     )  # fmt: skip
     repository = Path(args.repository) if args.repository else None
     if repository is not None:
@@ -43,7 +43,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  the models of {repository}: {', '.join(names)}")
         for m in models:
             raw = f" (and {m.name}_raw: uint8 images, preprocessed here)" if m.raw else ""
-            print(f"  {m.name}: {m.engine.name}, max batch {m.meta.profile.max}{raw}")
+            print(
+                f"  {m.name}: {m.engine.name}, max batch {m.meta.profile.max}, queue "
+                f"{options.max_queue} requests{raw}"
+            )
         print(
             f"serving on http://{options.host}:{options.http_port} "
             f"(gRPC {options.host}:{options.grpc_port}, metrics "
