@@ -1,7 +1,9 @@
-"""Loading user checkpoints safely (`weights_only=True`) with errors a user can act on."""
+"""Loading user checkpoints safely (`weights_only=True`) with errors a user can act on, and
+writing quantpipe's own (`checkpoint_bytes`)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,19 @@ from quantpipe.errors import ModelError
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _BN_COUNTER = "num_batches_tracked"
 _HUB_WORDS = ("default", "imagenet", "imagenet1k_v1", "imagenet1k_v2", "pretrained", "hub")
+
+
+def checkpoint_bytes(obj: Any) -> bytes:
+    """`torch.save(obj)` as bytes, for the caller to write (atomically).
+
+    Not `torch.save(obj, path)`: torch names the archive inside after the file name (a
+    random temporary one), which would make identical weights hash differently run to run,
+    and a write that fails for want of room surfaces as torch's RuntimeError rather than the
+    OSError (ENOSPC, EFBIG) the CLI reports in one line.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def check_weights_argument(weights: str) -> Path:

@@ -18,7 +18,8 @@ from quantpipe.engines.torch_runner import TorchRunner
 from quantpipe.errors import QuantpipeError
 from quantpipe.evaluate.evaluate import EvalSetup, evaluate
 from quantpipe.evaluate.metrics import IGNORE_INDEX
-from quantpipe.pipeline.atomic import atomic_path
+from quantpipe.models.checkpoint import checkpoint_bytes
+from quantpipe.pipeline.atomic import atomic_write_bytes
 from quantpipe.progress import track
 from quantpipe.qat.config import EpochRecord, QatTraining
 from quantpipe.qat.distributed import World
@@ -171,8 +172,7 @@ def save_checkpoint(path: Path, fingerprint: str, trainer: Trainer, state: Train
         "trainer": trainer.state_dict(),
         "best": {"val": state.best_val, "epoch": state.best_epoch, "weights": state.best_weights},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic_write_bytes(path, checkpoint_bytes(payload))
 
 
 def load_checkpoint(path: Path, fingerprint: str, trainer: Trainer) -> TrainState:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +52,7 @@ class TrainStage:
     def run(self, ctx: StageContext) -> TrainResult:
         import torch
 
+        from quantpipe.models.checkpoint import checkpoint_bytes
         from quantpipe.stages.training import fit
 
         spec, seed = self.model.spec, self.data.seed
@@ -70,9 +70,5 @@ class TrainStage:
         with TorchRunner(net) as runner:
             setup = EvalSetup(spec.task, spec.num_classes, progress=ctx.progress)
             score = evaluate(runner, val, setup)
-        # Saved through a buffer: torch.save names the archive after the (temporary, random)
-        # file name, which would make identical weights hash differently run to run.
-        buffer = io.BytesIO()
-        torch.save(net.state_dict(), buffer)
-        ctx.output(TRAINED_WEIGHTS).write_bytes(buffer.getvalue())
+        ctx.output(TRAINED_WEIGHTS).write_bytes(checkpoint_bytes(net.state_dict()))
         return TrainResult(loss, seconds, len(train), score)

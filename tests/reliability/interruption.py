@@ -71,6 +71,7 @@ STAGES: dict[str, list[str]] = {
 NONDETERMINISTIC = {
     "bench": (("*",), "its outputs are latencies measured now"),
     "engines": (("engines/*.json",), "each engine's metadata records when and how fast it built"),
+    "qat": (("qat/*.checkpoint.pt",), "the resume checkpoint records each epoch's wall time"),
 }
 # What libraries leave in $TMPDIR on purpose (caches, session ids), not temporary files.
 _LIBRARY_STATE = ("torchinductor_*", ".ses")
@@ -388,7 +389,11 @@ def summarize(chain: Chain, results: list[TrialResult], wall_s: float) -> dict[s
 def run_plan(plan: list[Trial], work: Path) -> dict[str, object]:
     start = time.perf_counter()
     chain = build_chain(work)
-    results = [run_trial(chain, trial) for trial in plan]
+    results = []
+    for trial in plan:
+        results.append(run_trial(chain, trial))
+        if results[-1].problems:  # as they happen: a full plan runs for half an hour
+            print(f"FAILED {trial.name}: {results[-1].problems}", file=sys.stderr, flush=True)
     return summarize(chain, results, time.perf_counter() - start)
 
 
