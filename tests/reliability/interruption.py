@@ -296,13 +296,19 @@ def _start(
         text=True,
         env=env,
         start_new_session=True,  # its own process group, as a shell job would be
-        preexec_fn=None if size_limit is None else _limit_file_size(size_limit),
+        preexec_fn=_as_a_foreground_job(size_limit),
     )
 
 
-def _limit_file_size(limit: int) -> Callable[[], None]:
+def _as_a_foreground_job(size_limit: int | None) -> Callable[[], None]:
+    """What the child gets before it starts: SIGINT's default action (a harness started in
+    the background, e.g. under nohup, passes on an *ignored* SIGINT, and Python then never
+    raises KeyboardInterrupt), and the file-size limit, if any."""
+
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size_limit, size_limit))
 
     return apply
 
