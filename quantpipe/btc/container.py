@@ -19,6 +19,7 @@ last two lines are the overhead (`overhead_bytes`): 40 bytes fixed, the metadata
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from quantpipe.pipeline.framed_file import (
 )
 
 MAGIC = b"QPBTC\0"
+_MAX_BYTES = int(np.iinfo(np.intp).max)  # numpy's limit on an array's size in bytes
 VERSION = 1
 FRAMING = Framing(
     MAGIC, VERSION, "BTC container", corrupt,
@@ -206,6 +208,16 @@ def _coded_tensor(e: Entry, secs: list[np.ndarray], path: str) -> EncodedTensor:
     return EncodedTensor(e.shape, e.block_size, flags, lo, hi, codes, e.low_bits, e.high_bits)
 
 
+def _check_shape(e: Entry, path: str) -> None:
+    """Refuse a shape no array can have. The data-length check bounds a tensor's element
+    count but not the other dimensions of a zero-size tensor: (0, 2**63) is 0 bytes on
+    disk, and numpy refuses to make it. (The table parser, btc/table.py, is where this
+    belongs; it is checked here, before any array is made.)"""
+    nonzero = math.prod(d for d in e.shape if d)
+    if max(e.shape, default=0) > _MAX_BYTES or nonzero * DTYPES[e.dtype].itemsize > _MAX_BYTES:
+        raise corrupt(path, f"tensor {e.name!r} has shape {e.shape}, which no array can have")
+
+
 def _raw_tensor(e: Entry, sec: np.ndarray) -> np.ndarray:
     dt = DTYPES[e.dtype]
     return sec.view(dt).astype(dt.newbyteorder("="), copy=True).reshape(e.shape)
@@ -222,6 +234,7 @@ def load_container(path: str | os.PathLike[str]) -> LoadedContainer:
     framed = read_framed(path, FRAMING, parse_table)
     encoded, others = {}, {}
     for ent, secs in zip(framed.entries, framed.sections, strict=True):
+        _check_shape(ent, p)
         if ent.kind == KIND_BTC:
             encoded[ent.name] = _coded_tensor(ent, secs, p)
         else:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ _KNOWN_ALGORITHMS = {
     "LegacyCalibration",
 }
 _FORMAT = 1
+_HEX8 = re.compile(r"[0-9a-fA-F]{8}")
 
 
 @dataclass(frozen=True)
@@ -150,15 +152,21 @@ def load_table(calib_dir: str | os.PathLike[str], key: str, model_sha256: str) -
     if table.model_sha256 != model_sha256:
         raise QuantpipeError(
             f"calibration table {str(json_path)!r} was made for another model (sha256 "
-            f"{table.model_sha256[:12]}…, this model is {model_sha256[:12]}…): recalibrate "
+            f"{_shown(table.model_sha256[:12])}…, this model is {model_sha256[:12]}…): recalibrate "
             "with this model or pass the table made for it"
         )
     if table.key != key:
         raise QuantpipeError(
-            f"calibration table {str(json_path)!r} holds key {table.key}, expected {key}: "
+            f"calibration table {str(json_path)!r} holds key {_shown(table.key)}, expected {key}: "
             "it was made with other calibrator parameters or data; recalibrate"
         )
     return table
+
+
+def _shown(recorded: str) -> str:
+    """A string read from a file as is, or quoted with escapes when it holds line breaks or
+    other unprintable characters: a damaged file must not make a refusal several lines."""
+    return recorded if recorded.isprintable() else repr(recorded)
 
 
 def read_table_json(path: str | os.PathLike[str]) -> CalibrationTable:
@@ -169,6 +177,13 @@ def read_table_json(path: str | os.PathLike[str]) -> CalibrationTable:
     except json.JSONDecodeError as exc:
         raise CorruptArtifactError(
             f"calibration table {str(path)!r} line {exc.lineno}: not valid JSON ({exc.msg})"
+        ) from exc
+    except (ValueError, RecursionError) as exc:
+        # Valid JSON syntax Python will not read: an integer past its digit limit, or
+        # nesting deeper than its recursion limit. No table of ours holds either.
+        raise CorruptArtifactError(
+            f"calibration table {str(path)!r}: not a calibration table (an integer too long "
+            "or nesting too deep to read); recalibrate to rewrite it"
         ) from exc
     try:
         table = CalibrationTable(
@@ -193,9 +208,13 @@ def read_table_json(path: str | os.PathLike[str]) -> CalibrationTable:
 def _amax_value(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"amax {value!r} is not a number")
-    if not math.isfinite(value) or value < 0:
+    try:
+        amax = float(value)
+    except OverflowError:  # an integer past float's range: JSON allows 1 and 400 zeros
+        raise ValueError("an amax is an integer beyond the float range") from None
+    if not math.isfinite(amax) or amax < 0:
         raise ValueError(f"amax {value!r} is not finite and >= 0")
-    return float(value)
+    return amax
 
 
 def _read_text(path: str | os.PathLike[str]) -> str:
@@ -205,6 +224,10 @@ def _read_text(path: str | os.PathLike[str]) -> str:
         raise QuantpipeError(f"calibration file {str(path)!r} does not exist") from exc
     except UnicodeDecodeError as exc:
         raise CorruptArtifactError(f"calibration file {str(path)!r}: not UTF-8 text") from exc
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise QuantpipeError(
+            f"cannot read calibration file {str(path)!r}: {exc.strerror or exc}"
+        ) from exc
 
 
 def scale_hex(amax: float) -> str:
@@ -257,12 +280,13 @@ def _parse_line(path: str | os.PathLike[str], number: int, line: str) -> tuple[s
             f"TensorRT cache {str(path)!r} line {number}: expected '<tensor>: <8 hex digits>', "
             f"got {line[:80]!r}"
         )
-    try:
-        (scale,) = struct.unpack(">f", bytes.fromhex(digits))
-    except ValueError as exc:
+    # Exactly 8 ASCII hex digits: bytes.fromhex alone would take "00 11 22" (spaces
+    # skipped) as 3 bytes, and str.isdigit-style checks take non-ASCII digits.
+    if not _HEX8.fullmatch(digits):
         raise CorruptArtifactError(
             f"TensorRT cache {str(path)!r} line {number}: {digits!r} is not 8 hex digits"
-        ) from exc
+        )
+    (scale,) = struct.unpack(">f", bytes.fromhex(digits))
     if not math.isfinite(scale) or scale < 0:
         raise CorruptArtifactError(
             f"TensorRT cache {str(path)!r} line {number}: scale {scale!r} is not finite and >= 0"

@@ -345,6 +345,12 @@ def _triton_parser(sub: argparse._SubParsersAction) -> None:
         type=_csv(int),
         help="dynamic batching's preferred sizes (default: the profile's opt and max)",
     )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,  # quantpipe.serving.triton_config.DEFAULT_MAX_QUEUE
+        help="requests each model may queue; Triton rejects more at once (default 256)",
+    )
     _add_run_options(p)
 
 
@@ -364,7 +370,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-queue",
         type=int,
-        default=256,  # quantpipe.serving.server.DEFAULT_MAX_QUEUE (not imported: it loads numpy)
+        default=256,  # serving.triton_config.DEFAULT_MAX_QUEUE (not imported: CLI start-up)
         help="requests each engine's model may queue; Triton rejects more at once (default "
         "256; a --repository's config.pbtxt sets its own)",
     )

@@ -15,7 +15,9 @@ from quantpipe.stages.triton import TritonConfig, TritonStage
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
-    serving = ServingOptions(args.instances, args.max_queue_delay_us, args.preferred_batch_sizes)
+    serving = ServingOptions(
+        args.instances, args.max_queue_delay_us, args.preferred_batch_sizes, args.max_queue
+    )
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise QuantpipeError(f"--out {out} is a file: give a directory for the repository")

@@ -78,14 +78,32 @@ def load_engine(engine: Path, *, on_this_host: bool = True) -> EngineMeta:
             f"engine {engine} has no metadata beside it ({path.name}): build engines with "
             "`quantpipe engines`, which writes both"
         )
-    try:
-        meta = EngineMeta.from_json(json.loads(path.read_text()))
-    except ValueError as e:
-        raise CorruptArtifactError(f"{path} is not valid engine metadata ({e})") from None
+    meta = read_meta(path)
     _check_file(engine, meta)
     if on_this_host and meta.runtime in MACHINE_SPECIFIC:
         _check_host(engine, meta)
     return meta
+
+
+def read_meta(path: Path) -> EngineMeta:
+    """The metadata in the JSON file `path` (no checks against the engine); any damage is
+    one CorruptArtifactError naming the file."""
+    rebuild = "rebuild the engine with `quantpipe engines --force`"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # valid JSON nested deeper than Python's recursion limit
+        raise CorruptArtifactError(
+            f"{path} is not valid engine metadata (JSON nested too deeply); {rebuild}"
+        ) from None
+    except ValueError as e:  # bad UTF-8, bad JSON, an integer past Python's digit limit
+        raise CorruptArtifactError(
+            f"{path} is not valid engine metadata ({e}); {rebuild}"
+        ) from None
+    try:
+        return EngineMeta.from_json(data)
+    except QuantpipeError as e:  # from_json's, or a field's own check (BatchProfile's):
+        # neither knows the file
+        raise CorruptArtifactError(f"{path} is not valid engine metadata: {e}") from None
 
 
 def _check_file(engine: Path, meta: EngineMeta) -> None:
@@ -100,17 +118,23 @@ def _check_host(engine: Path, meta: EngineMeta) -> None:
     installed = installed_runtime_version(meta.runtime)
     if installed != meta.runtime_version:
         raise QuantpipeError(
-            f"engine {engine} was built by {meta.runtime} {meta.runtime_version}, and this host "
-            f"has {installed or 'none'}: TensorRT engines run only on the version that built "
-            "them; rebuild it here with `quantpipe engines --force`"
+            f"engine {engine} was built by {_shown(meta.runtime)} {_shown(meta.runtime_version)}"
+            f", and this host has {installed or 'none'}: TensorRT engines run only on the "
+            "version that built them; rebuild it here with `quantpipe engines --force`"
         )
     here = gpu_info()
     if meta.gpu is not None and (here is None or here != meta.gpu):
         raise QuantpipeError(
-            f"engine {engine} was built for {meta.gpu.describe()}, and this host has "
+            f"engine {engine} was built for {_shown(meta.gpu.describe())}, and this host has "
             f"{here.describe() if here else 'no GPU'}: rebuild it here with "
             "`quantpipe engines --force`"
         )
+
+
+def _shown(recorded: str) -> str:
+    """A recorded string as is, or quoted with escapes when it holds line breaks or other
+    unprintable characters: a damaged file must not turn a refusal into several lines."""
+    return recorded if recorded.isprintable() else repr(recorded)
 
 
 def installed_runtime_version(runtime: str) -> str | None:

@@ -44,6 +44,7 @@ from quantpipe.pipeline.framed_file import (
 from quantpipe.quantize.bits import MAX_BITS, MIN_BITS
 
 MAGIC = b"QPMIX\0"
+_MAX_BYTES = int(np.iinfo(np.intp).max)  # numpy's limit on an array's size in bytes
 VERSION = 1
 MAX_NDIM = 32
 KIND_QUANTIZED, KIND_RAW = 1, 2
@@ -191,6 +192,10 @@ def _parse_entry(cur: TableCursor) -> _Entry:
         raise corrupt(cur.path, f"tensor {name!r} has kind {kind}, ndim {ndim}")
     shape = cur.take(f"{ndim}I")
     crcs = cur.take("II" if kind == KIND_QUANTIZED else "I")
+    # The data-length check bounds the element count, not the other dimensions of a
+    # zero-size tensor: (0, 2**32 - 1, 2**32 - 1) is 0 bytes on disk and no numpy array.
+    if math.prod(d for d in shape if d) * 4 > _MAX_BYTES:
+        raise corrupt(cur.path, f"tensor {name!r} has shape {shape}, which no array can have")
     if kind == KIND_QUANTIZED:
         ok = MIN_BITS <= bits <= MAX_BITS and axis < ndim
     else:

@@ -215,9 +215,11 @@ def _check_preamble(buf: bytes, path: str, framing: Framing) -> tuple[int, ...]:
 
 
 def _parse_metadata(meta: bytes, path: str, framing: Framing) -> dict[str, Any]:
+    # ValueError covers bad UTF-8, bad JSON and integers past Python's digit limit;
+    # json raises RecursionError for nesting deeper than the interpreter's recursion limit.
     try:
         obj = json.loads(meta.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):
         raise framing.corrupt(path, "metadata is not valid UTF-8 JSON") from None
     if not isinstance(obj, dict):
         raise framing.corrupt(path, "metadata is not a JSON object")

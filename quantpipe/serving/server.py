@@ -76,13 +76,10 @@ from quantpipe.engines.backend import RunnerOptions
 from quantpipe.engines.metadata import EngineMeta, load_engine
 from quantpipe.engines.registry import get_backend
 from quantpipe.errors import QuantpipeError
+from quantpipe.serving.triton_config import DEFAULT_MAX_QUEUE
 
 SERVE_VENV = ".venv-serve"
 RAW_SUFFIX = "_raw"
-# Requests per model the dynamic batcher may hold before rejecting more: with one-image
-# requests and a max batch of 16, 16 batch runs of waiting at most; a burst of a few
-# hundred clients is absorbed, a flood is refused instead of queued without bound.
-DEFAULT_MAX_QUEUE = 256
 # The most bytes (H x W x C) one image sent to a `_raw` model may have: a 2560x2048 RGB
 # image, far beyond what a classifier's preprocessing resizes to.
 MAX_IMAGE_BYTES = 16 * 2**20

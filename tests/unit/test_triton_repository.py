@@ -56,6 +56,8 @@ def test_every_config_is_the_engine_metadata(run: Path, tmp_path: Path) -> None:
             ]
         batching = list(config.dynamic_batching.preferred_batch_size)
         assert batching == sorted({meta.profile.opt, meta.profile.max})
+        queue = config.dynamic_batching.default_queue_policy  # bounded: a flood is refused
+        assert queue.max_queue_size == 256 and queue.timeout_action == queue.REJECT
         assert [(g.count, g.kind) for g in config.instance_group] == [
             (1, mc.ModelInstanceGroup.KIND_CPU)
         ]
@@ -70,11 +72,12 @@ def test_select_and_serving_options(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "repo"
     argv = ["triton", "--run-dir", str(run), "--out", str(out), "--quiet", "--force"]
     argv += ["--select", "*.int8.*", "--instances", "2", "--preferred-batch-sizes", "4,8"]
-    assert main(argv) == 0
+    assert main([*argv, "--max-queue", "32"]) == 0
     (path,) = out.glob("*/config.pbtxt")
     config = parse_config(path.read_text())
     assert config.name.endswith("_int8") and config.instance_group[0].count == 2
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == 32
 
 
 def test_bad_input_is_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -83,6 +86,7 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path, capsys: pytest.Capture
         "matches none": ["--run-dir", str(run), "--select", "*.plan"],
         "outside engine": ["--run-dir", str(run), "--preferred-batch-sizes", "64", "--force"],
         "is a file": ["--run-dir", str(run), "--out", str(Path(__file__))],
+        "without bound": ["--run-dir", str(run), "--max-queue", "0"],
     }
     (tmp_path / "empty").mkdir()
     for message, argv in cases.items():
