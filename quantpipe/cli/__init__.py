@@ -53,8 +53,10 @@ _OPTIONAL_STACK = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # The handler goes in before anything else, so a SIGTERM that arrives while the command
+    # starts up also ends in one line and exit 143.
     with _terminate_as_interrupt():
+        args = build_parser().parse_args(argv)
         return _run(args)
 
 

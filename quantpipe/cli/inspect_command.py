@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantpipe.errors import CorruptArtifactError, QuantpipeError
+from quantpipe.errors import QuantpipeError
 from quantpipe.text_table import format_table
 
 if TYPE_CHECKING:
@@ -198,14 +198,11 @@ def inspect_engine(path: Path) -> None:
 
 
 def _read_meta(json_path: Path, engine: Path) -> EngineMeta:
-    from quantpipe.engines.metadata import EngineMeta, load_engine
+    from quantpipe.engines.metadata import load_engine, read_meta
 
     if not json_path.is_file():
         load_engine(engine)  # raises its "no metadata beside it" error
-    try:
-        return EngineMeta.from_json(json.loads(json_path.read_text()))
-    except ValueError as e:  # not JSON (from_json raises its own error for a wrong form)
-        raise CorruptArtifactError(f"{json_path} is not valid engine metadata ({e})") from None
+    return read_meta(json_path)
 
 
 def _engine_beside(json_path: Path, meta: EngineMeta) -> Path:
