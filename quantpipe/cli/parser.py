@@ -149,7 +149,11 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="train, calib, val, test or all (default test)")
     p.add_argument("--count", type=int, help="only the first N samples of the split")
     _add_reference_option(p)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="samples per batch (default: as many as 32 MiB of input holds, at most 256)",
+    )
     _add_run_options(p)
 
 

@@ -16,6 +16,13 @@ from quantpipe.data.splits import split_indices
 from quantpipe.errors import DataError
 from quantpipe.models.spec import Preprocessing
 
+# A batch a caller does not size holds at most this much model input, and at most
+# MAX_DEFAULT_BATCH samples: 256 images of 3×32×32, 32 of 3×224×224. A fixed 256 at 224×224
+# made ONNX Runtime's arena hold 7 GiB during `ptq` (the first conv's output alone is
+# 0.8 GB at that batch); past a few dozen samples a bigger batch is no faster on a CPU.
+DEFAULT_BATCH_BYTES = 32 * 2**20
+MAX_DEFAULT_BATCH = 256
+
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -100,15 +107,42 @@ class Selection:
         assigned = None if self._assigned is None else self._assigned[:count]
         return dataclasses.replace(self, indices=self.indices[:count], _assigned=assigned)
 
-    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Yield (inputs N×C×H×W float32, labels or None) in split order.
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one preprocessed sample (float32 C×H×W)."""
+        return 4 * int(np.prod(self._shape()))
+
+    @property
+    def default_batch_size(self) -> int:
+        """Samples per batch when the caller does not choose (see DEFAULT_BATCH_BYTES): a
+        power of two, so batches match the engine profiles' usual sizes."""
+        fits = max(1, min(MAX_DEFAULT_BATCH, DEFAULT_BATCH_BYTES // max(self.sample_bytes, 1)))
+        return 1 << (fits.bit_length() - 1)
+
+    def batches(
+        self, batch_size: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Yield (inputs N×C×H×W float32, labels or None) in split order, `batch_size` at a
+        time (default: `default_batch_size`).
 
         Labels are read batch by batch, so masks decoded on demand never all sit in memory.
         """
+        batch_size = batch_size or self.default_batch_size
         for start in range(0, len(self.indices), batch_size):
             idx = self.indices[start : start + batch_size]
             x = to_model_input(self.source.read(idx), self.source, self.preprocessing)
             yield x, self._batch_labels(idx, start)
+
+    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The samples at `positions` (places in this selection, any order), as `batches`
+        yields them: for training loops that draw shuffled batches without holding the
+        whole split in memory."""
+        idx = self.indices[positions]
+        x = to_model_input(self.source.read(idx), self.source, self.preprocessing)
+        if self._assigned is not None:
+            return x, self._assigned[positions]
+        labels = self.source.labels
+        return x, None if labels is None else labels[idx]
 
     def _batch_labels(self, idx: np.ndarray, start: int) -> np.ndarray | None:
         if self._assigned is not None:

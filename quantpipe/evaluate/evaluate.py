@@ -19,7 +19,7 @@ _LABELS = {"top1": "top-1", "miou": "mIoU", "agreement": "agreement"}
 class EvalSetup:
     task: str
     num_classes: int
-    batch_size: int = 256
+    batch_size: int | None = None  # None: the selection's default_batch_size
     progress: bool = True
 
 

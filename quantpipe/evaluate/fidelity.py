@@ -14,7 +14,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def output_kl(
-    reference: Runner, candidate: Runner, data: Selection, batch_size: int = 256
+    reference: Runner, candidate: Runner, data: Selection, batch_size: int | None = None
 ) -> float:
     """Mean KL(softmax(reference) ‖ softmax(candidate)) per sample (per pixel for dense
     outputs), in nats. Both runners must be active.

@@ -20,7 +20,7 @@ def ensure_labels(
     selection: Selection,
     make_reference: Callable[[], RunnerContext],
     truth: str,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Selection:
     """`selection` as it is when it has labels; else labelled by the reference's arg-max.
 

@@ -22,7 +22,7 @@ class Parity:
 
 
 def check_parity(
-    reference: Runner, candidate: Runner, data: Selection, batch_size: int = 128
+    reference: Runner, candidate: Runner, data: Selection, batch_size: int | None = None
 ) -> Parity:
     """Max |Δlogit| and arg-max agreement (per sample, or per pixel for segmentation)."""
     max_diff, ref_max, same, total = 0.0, 0.0, 0, 0

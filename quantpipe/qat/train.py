@@ -72,22 +72,24 @@ class Trainer:
     ) -> TrainState:
         """Train from `state.epoch` to the configured epochs; `save(self, state)` after each.
         Leaves the module at the best epoch's weights when `keep` is best, else the last."""
-        x, y = _arrays(train)
+        samples = TrainingSamples(train)
         batch = self.cfg.batch_size
         if batch % self.world.size:
             raise QuantpipeError(
                 f"--batch-size {batch} does not split evenly over {self.world.size} processes: "
                 "use a multiple of the number of processes"
             )
-        steps = len(x) // batch
+        steps = len(samples) // batch
         if steps < 1:
-            raise QuantpipeError(f"{len(x)} training samples are fewer than one batch of {batch}")
+            raise QuantpipeError(
+                f"{len(samples)} training samples are fewer than one batch of {batch}"
+            )
         best = self.cfg.keep == "best"
         if best and state.best_val is None:
             state.offer(0, self.validate(val), self.module)
         for epoch in range(state.epoch, self.cfg.epochs):
             start = time.perf_counter()
-            loss = self._epoch(x, y, steps, f"qat epoch {epoch + 1}/{self.cfg.epochs}", progress)
+            loss = self._epoch(samples, steps, f"qat epoch {epoch + 1}/{self.cfg.epochs}", progress)
             score = self.validate(val)
             if self.cfg.schedule == "plateau":
                 self.sched.step(score)
@@ -107,18 +109,16 @@ class Trainer:
             state.best_epoch = state.epoch
         return state
 
-    def _epoch(
-        self, x: torch.Tensor, y: torch.Tensor, steps: int, desc: str, progress: bool
-    ) -> float:
+    def _epoch(self, samples: TrainingSamples, steps: int, desc: str, progress: bool) -> float:
         from quantpipe.qat.distributed import shard
 
         batch = self.cfg.batch_size
-        perm = torch.randperm(len(x), generator=self.generator)
+        perm = torch.randperm(len(samples), generator=self.generator)
         losses = []
         self.model.train()
         for i in track(range(steps), desc, progress and self.world.is_main, unit="step"):
             idx = shard(perm[i * batch : (i + 1) * batch], self.world)
-            xb, yb = x[idx].to(self.device), y[idx].to(self.device)
+            xb, yb = (t.to(self.device) for t in samples.batch(idx))
             loss = F.cross_entropy(self.model(xb), yb, ignore_index=IGNORE_INDEX)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -194,11 +194,38 @@ def load_checkpoint(path: Path, fingerprint: str, trainer: Trainer) -> TrainStat
     return TrainState(int(payload["epoch"]), history, best["val"], best["epoch"], best["weights"])
 
 
-def _arrays(train: Selection) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = train.arrays()
-    if y is None:
-        raise QuantpipeError(f"split {train.split} has no labels to train on")
-    return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+class TrainingSamples:
+    """The training split as the epoch loop draws it: decoded once and held in memory when
+    it fits in IN_MEMORY_BYTES (small images: decoding every epoch would dominate), else
+    read and preprocessed batch by batch, so QAT on a large set of large images holds one
+    batch, not the split (50,000 images of 3×224×224 are 30 GB of float32)."""
+
+    IN_MEMORY_BYTES = 1 << 30
+
+    def __init__(self, train: Selection) -> None:
+        if not train.labelled:
+            raise QuantpipeError(f"split {train.split} has no labels to train on")
+        self.selection = train
+        self.arrays: tuple[torch.Tensor, torch.Tensor] | None = None
+        if train.sample_bytes * len(train) <= self.IN_MEMORY_BYTES:
+            x, y = train.arrays()
+            self.arrays = torch.from_numpy(x), _long(y)
+
+    def __len__(self) -> int:
+        return len(self.selection)
+
+    def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of the samples at `positions` (places in the split)."""
+        if self.arrays is not None:
+            x, y = self.arrays
+            return x[positions], y[positions]
+        xb, yb = self.selection.take(positions.numpy())
+        return torch.from_numpy(xb), _long(yb)
+
+
+def _long(y: np.ndarray | None) -> torch.Tensor:
+    assert y is not None  # TrainingSamples refuses a split without labels
+    return torch.from_numpy(y.astype(np.int64))
 
 
 def _device(world: World) -> torch.device:

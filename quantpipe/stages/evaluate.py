@@ -30,11 +30,11 @@ class EvalConfig:
     backend: str = DEFAULT_BACKEND
     split: str = "test"
     count: int | None = None
-    batch_size: int = 256
+    batch_size: int | None = None  # None: the selection's default_batch_size
 
     def __post_init__(self) -> None:
         get_backend(self.backend)  # an unknown name is refused here, naming the known ones
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise QuantpipeError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 

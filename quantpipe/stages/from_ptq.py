@@ -82,7 +82,7 @@ def top1_agreement(
 
     same = total = 0
     with TorchRunner(module) as torch_runner, OnnxRuntimeRunner(onnx_path, ort) as onnx_runner:
-        for x, _ in data.batches(256):
+        for x, _ in data.batches():
             a = next(iter(torch_runner.infer({"input": x}).values())).argmax(1)
             b = next(iter(onnx_runner.infer({onnx_runner.input_names[0]: x}).values())).argmax(1)
             same += int(np.sum(a == b))

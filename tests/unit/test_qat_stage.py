@@ -115,3 +115,25 @@ def test_an_epoch_that_loses_on_val_is_not_delivered(quantized: Path) -> None:
     assert main([*argv, "--keep", "last", "--force"]) == 0
     res = _results(quantized)
     assert res["kept_epoch"] == 2 and res["qat"]["val"] < res["ptq"]["val"]
+
+
+def test_a_training_split_too_big_for_memory_is_streamed_to_the_same_model(
+    quantized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches read from the data set one at a time train exactly what the in-memory split
+    trains: same shuffled order, same preprocessing, bit-identical weights."""
+    from quantpipe.qat.train import TrainingSamples
+
+    streamed = tmp_path / "streamed"
+    shutil.copytree(quantized, streamed)
+    assert main(["qat", "--data", "digits", *QAT, "--run-dir", str(quantized)]) == 0
+    monkeypatch.setattr(TrainingSamples, "IN_MEMORY_BYTES", 0)
+    read = []
+    take = TrainingSamples.batch
+    monkeypatch.setattr(
+        TrainingSamples, "batch", lambda self, p: read.append(self.arrays is None) or take(self, p)
+    )
+    assert main(["qat", "--data", "digits", *QAT, "--run-dir", str(streamed)]) == 0
+    assert read and all(read)  # every batch was read from the data set
+    name = "model.qat.qdq.onnx"
+    assert (streamed / name).read_bytes() == (quantized / name).read_bytes()
