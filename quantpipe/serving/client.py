@@ -1,6 +1,6 @@
 """Client-side helpers for a `quantpipe serve` process (tests and the load benchmarks):
-readiness, closed-loop load with every answer checked, and the memory of the server's
-whole process tree."""
+readiness, closed-loop load with every answer checked, an open-loop flood, and the memory
+of the server's whole process tree."""
 
 from __future__ import annotations
 
@@ -163,6 +163,55 @@ def soak(
         "clients": clients, **figures, "rss_start": start, "rss_end": end,
         "rss_samples_mib": samples,
     }  # fmt: skip
+
+
+# Triton's answer to a request past a model's bounded queue (gRPC UNAVAILABLE).
+REJECTED = "Exceeds maximum queue size"
+Outcome = tuple[str, float, Any]  # answered/rejected/error, seconds, the answer or message
+
+
+def send_at_once(
+    grpc_port: int, model: str, x: np.ndarray, count: int, concurrency: int,
+    timeout_s: float, names: tuple[str, str] = ("input", "output"),
+) -> list[Outcome]:  # fmt: skip
+    """`count` requests of `x` over gRPC with `concurrency` of them in flight at once (an
+    open loop: nobody waits for an answer before sending), each with a deadline of
+    `timeout_s`. Each outcome is "answered" (with the output), "rejected" (the bounded
+    queue was full) or "error" (with the message), and the seconds it took."""
+    import asyncio
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.grpc.aio as grpcaio
+    from tritonclient.utils import InferenceServerException
+
+    inp, out = names
+
+    async def send() -> list[Outcome]:
+        client = grpcaio.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one() -> Outcome:
+            async with slots:
+                request = grpcclient.InferInput(inp, list(x.shape), "FP32")
+                request.set_data_from_numpy(x)
+                began = time.perf_counter()
+                try:
+                    got = await client.infer(model, [request], client_timeout=timeout_s)
+                    return "answered", time.perf_counter() - began, got.as_numpy(out)
+                except Exception as e:  # a dead server's socket errors too: the caller judges
+                    full = isinstance(e, InferenceServerException) and REJECTED in str(e)
+                    return (
+                        "rejected" if full else "error",
+                        time.perf_counter() - began,
+                        str(e)[:200],
+                    )
+
+        try:
+            return await asyncio.gather(*(one() for _ in range(count)))
+        finally:
+            await client.close()
+
+    return asyncio.run(send())
 
 
 def cpu_model() -> str:

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -35,7 +34,14 @@ from quantpipe.data.sources import Source
 from quantpipe.engines.backend import RunnerOptions
 from quantpipe.engines.registry import get_backend
 from quantpipe.export.metadata import require_contract
-from quantpipe.serving.client import cpu_model, soak, tree, wait_until_ready
+from quantpipe.serving.client import (
+    Outcome,
+    cpu_model,
+    send_at_once,
+    soak,
+    tree,
+    wait_until_ready,
+)
 from quantpipe.serving.server import free_ports
 from tests.conftest import digits_run_with_engines
 
@@ -47,7 +53,6 @@ pytestmark = pytest.mark.skipif(
 MODEL = "fp32_onnxruntime-cpu_int8"  # the INT8 engine of the run, as Triton names it
 RAW = MODEL + "_raw"
 QUEUE = 32  # --max-queue of the servers here: small, so that a flood of 256 overflows it
-REJECTED = "Exceeds maximum queue size"  # Triton's answer past the queue (gRPC UNAVAILABLE)
 # A leak shows as resident memory that grows with requests. After the warm-up the tree's
 # RSS (~380 MiB: quantpipe, tritonserver, two stubs and their helpers) moved by 0.1 MiB in
 # 30 s of ~12,700 requests (measured); 8 MiB is ~2 % of it, far above that noise, and at
@@ -224,43 +229,6 @@ def test_a_30_s_soak_has_no_errors_and_flat_memory(server: Server, reference) ->
     assert end - start <= RSS_GROWTH_BOUND, figures["rss_samples_mib"]
 
 
-def _classify(error: Exception | None) -> str:
-    if error is None:
-        return "answered"
-    if isinstance(error, InferenceServerException) and REJECTED in str(error):
-        return "rejected"
-    return "error"
-
-
-Outcome = tuple[str, float, Any]  # answered/rejected/error, seconds, the answer or error
-
-
-async def _send(
-    port: int, x: np.ndarray, count: int, concurrency: int, timeout_s: float
-) -> list[Outcome]:
-    """`count` requests of `x` over gRPC, `concurrency` of them in flight at once, each
-    with a deadline of `timeout_s`."""
-    client = grpcaio.InferenceServerClient(f"127.0.0.1:{port}")
-    slots = asyncio.Semaphore(concurrency)
-
-    async def one() -> Outcome:
-        async with slots:
-            began = time.perf_counter()
-            try:
-                got = await client.infer(
-                    MODEL, _inputs(grpcclient, "input", x, "FP32"), client_timeout=timeout_s
-                )
-                answer, error = got.as_numpy("output"), None
-            except Exception as e:  # classified below; the test decides
-                answer, error = str(e)[:200], e
-            return _classify(error), time.perf_counter() - began, answer
-
-    try:
-        return await asyncio.gather(*(one() for _ in range(count)))
-    finally:
-        await client.close()
-
-
 def test_a_flood_past_capacity_is_rejected_fast_and_the_server_survives(
     server: Server, reference
 ) -> None:
@@ -272,7 +240,7 @@ def test_a_flood_past_capacity_is_rejected_fast_and_the_server_survives(
     assert policy["max_queue_size"] == QUEUE and policy["timeout_action"] == "REJECT"
     x = _batches(1)[0]
     began = time.perf_counter()
-    outcomes = asyncio.run(_send(server.grpc, x, 256, 256, timeout_s=30.0))
+    outcomes = send_at_once(server.grpc, MODEL, x, 256, 256, timeout_s=30.0)
     wall = time.perf_counter() - began
     kinds = [k for k, _, _ in outcomes]
     slowest = max(s for _, s, _ in outcomes)
@@ -440,7 +408,7 @@ def _kill_mid_request(server: Server, kill: Callable[[], None], reference) -> li
     _answers_correctly(server, reference)
     outcomes: list[Outcome] = []
     flood = threading.Thread(
-        target=lambda: outcomes.extend(asyncio.run(_send(server.grpc, x, 4000, 64, 30.0)))
+        target=lambda: outcomes.extend(send_at_once(server.grpc, MODEL, x, 4000, 64, 30.0))
     )
     flood.start()
     time.sleep(1.0)  # the flood is under way: 64 requests in flight all the time
