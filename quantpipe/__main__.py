@@ -1,5 +1,5 @@
 """`python -m quantpipe` is the same as the `quantpipe` console script."""
 
-from quantpipe.cli import main
+from quantpipe.cli import program
 
-raise SystemExit(main())
+raise SystemExit(program())

@@ -52,6 +52,28 @@ _OPTIONAL_STACK = (
 )  # fmt: skip
 
 
+def program() -> int:
+    """`main` as the `quantpipe` program (the console script and `python -m quantpipe`).
+
+    Once the command has its exit status, Ctrl-C and SIGTERM are ignored while the
+    interpreter exits: Python gives both back their default action as it shuts down, so a
+    signal arriving then killed a command that had finished (the interruption harness saw
+    exit -2 with every output committed). Not in `main`, which tests call in-process."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if code == EXIT_INTERRUPTED and sys.implementation.name == "cpython":
+        # CPython notes a KeyboardInterrupt that leaves code run through PyRun_* (as some
+        # extension modules run Python code) as unhandled, even when we catch it later;
+        # under `python -m` it then kills itself with SIGINT at exit (returncode -2, not
+        # 130: seen by the interruption harness). Running an empty statement the same way
+        # clears that note.
+        import ctypes
+
+        ctypes.pythonapi.PyRun_SimpleString(b"pass")
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # The handler goes in before anything else, so a SIGTERM that arrives while the command
     # starts up also ends in one line and exit 143.
@@ -96,6 +118,25 @@ def _run(args: argparse.Namespace) -> int:
         return _stopped(args.command, "terminated", EXIT_TERMINATED)
     except KeyboardInterrupt:
         return _stopped(args.command, "interrupted", EXIT_INTERRUPTED)
+    except ImportError as e:
+        # A signal while an extension module initialises reaches us as its ImportError
+        # ("initialization failed", from pybind11) with the signal's exception as cause.
+        stop = _stopping_cause(e)
+        if stop is None:
+            raise
+        if isinstance(stop, _Terminated):
+            return _stopped(args.command, "terminated", EXIT_TERMINATED)
+        return _stopped(args.command, "interrupted", EXIT_INTERRUPTED)
+
+
+def _stopping_cause(error: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or SIGTERM's `_Terminated` an exception was raised from."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (KeyboardInterrupt, _Terminated)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _stopped(command: str, how: str, code: int) -> int:
