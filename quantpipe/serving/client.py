@@ -212,11 +212,3 @@ def send_at_once(
             await client.close()
 
     return asyncio.run(send())
-
-
-def cpu_model() -> str:
-    """The first "model name" of /proc/cpuinfo (the CPU the figures were measured on)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"

@@ -30,19 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
+from quantpipe.engines.machine import cpu_info
 from tests.fuzz.strategies import FORMATS, run_case
 
 KEEP_CHARS = 400  # of a crashing case's repr and message, in the report
-
-
-def cpu_model() -> str:
-    """The first "model name" of /proc/cpuinfo (the machine's name elsewhere)."""
-    path = Path("/proc/cpuinfo")
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _load_average() -> list[float] | None:
@@ -140,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = sum(r["wall_s"] for r in results.values())
     cpu = sum(r["cpu_s"] for r in results.values())
     report = {
-        "cpu": cpu_model(),
+        "cpu": cpu_info().describe(),
         "python": platform.python_version(),
         "examples_per_format": args.examples,
         "seed": args.seed,

@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from quantpipe.engines.backend import RunnerOptions
+from quantpipe.engines.machine import cpu_info
 from quantpipe.engines.metadata import load_engine
 from quantpipe.engines.registry import get_backend
 from quantpipe.pipeline.atomic import atomic_path
-from quantpipe.serving.client import closed_loop, cpu_model, send_at_once, soak, wait_until_ready
+from quantpipe.serving.client import closed_loop, send_at_once, soak, wait_until_ready
 from quantpipe.serving.selection import run_engines
 from quantpipe.serving.server import free_ports
 from quantpipe.serving.triton_config import model_name
@@ -125,7 +126,7 @@ def _bench(run: Path, engine: Path, args: argparse.Namespace) -> dict[str, Any]:
         flood = _flood(grpc, name, batches[0], expected[0], args.flood, (inp, out))
         flood["after"] = closed_loop(http, name, batches, expected, 1, 2.0, (inp, out))
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_info().describe(),
         "server": "Triton Inference Server via nvidia-pytriton 0.7.0 (.venv-serve), HTTP",
         "model": name,
         "engine": engine.name,

@@ -32,11 +32,11 @@ from tritonclient.utils import InferenceServerException
 from quantpipe.data.preprocess import to_model_input
 from quantpipe.data.sources import Source
 from quantpipe.engines.backend import RunnerOptions
+from quantpipe.engines.machine import cpu_info
 from quantpipe.engines.registry import get_backend
 from quantpipe.export.metadata import require_contract
 from quantpipe.serving.client import (
     Outcome,
-    cpu_model,
     send_at_once,
     soak,
     tree,
@@ -222,7 +222,7 @@ def test_a_30_s_soak_has_no_errors_and_flat_memory(server: Server, reference) ->
         f"\nsoak: {figures['requests']} requests, {figures['errors']} errors, "
         f"{figures['requests_per_s']:.1f} req/s, p50 {figures['p50_ms']:.2f} ms, p99 "
         f"{figures['p99_ms']:.2f} ms, RSS {start / 2**20:.1f} -> {end / 2**20:.1f} MiB "
-        f"(samples {figures['rss_samples_mib']}), 8 clients, CPU {cpu_model()}"
+        f"(samples {figures['rss_samples_mib']}), 8 clients, CPU {cpu_info().describe()}"
     )
     assert figures["errors"] == 0, figures["first_error"]
     assert figures["requests"] >= 1000

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from quantpipe.engines.machine import cpu_info
 from quantpipe.errors import QuantpipeError
 from quantpipe.pipeline.atomic import SCRATCH_PREFIX, TEMP_SUFFIX
 from quantpipe.pipeline.manifest import MANIFEST_NAME, Manifest
@@ -382,7 +383,7 @@ def _copy_run(src: Path, dst: Path) -> None:
 
 def summarize(chain: Chain, results: list[TrialResult], wall_s: float) -> dict[str, object]:
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_info().describe(),
         "python": platform.python_version(),
         "wall_s": round(wall_s, 1),
         "stage_seconds": {k: round(v, 2) for k, v in chain.durations.items()},
@@ -407,13 +408,6 @@ def run_plan(plan: list[Trial], work: Path) -> dict[str, object]:
         if results[-1].problems:  # as they happen: a full plan runs for half an hour
             print(f"FAILED {trial.name}: {results[-1].problems}", file=sys.stderr, flush=True)
     return summarize(chain, results, time.perf_counter() - start)
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> int:
