@@ -80,7 +80,7 @@ def closed_loop(
     requests are ever queued: the server is kept busy without a queue that grows). An
     error is an exception or an answer that is not `expected` (to 1e-4): counted, with the
     first one's text. Returns requests, errors, first_error, seconds, requests_per_s,
-    p50_ms and p99_ms."""
+    p50_ms, p95_ms and p99_ms."""
     import tritonclient.http as httpclient
 
     inp, out = names
@@ -128,6 +128,7 @@ def closed_loop(
         "seconds": elapsed,
         "requests_per_s": len(ms) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+        "p95_ms": float(np.percentile(ms, 95)) if len(ms) else None,
         "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
     }
 

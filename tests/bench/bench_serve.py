@@ -6,7 +6,8 @@ Starts `.venv-serve/bin/quantpipe serve RUN` for the selected engines (default: 
 model's FP32 and INT8 CPU builds), then for each engine and each concurrency (default 1, 8
 and 32 clients, 30 s each) runs that many threads, each with its own tritonclient HTTP
 client, sending requests of --batch test images back to back; records every request's
-latency and every error. Then calls the same runner in-process, one thread, on the same
+latency and every error (an exception, or an answer that is not the runner's own in-process
+answer to that batch). Then calls the same runner in-process, one thread, on the same
 batches for as long, so the serving overhead is a measured ratio. Stops by itself; loopback
 only. The JSON (with the CPU named) goes to --out and to RUN/bench/serve.json, where
 `quantpipe report` finds it.
@@ -18,7 +19,6 @@ import argparse
 import json
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from quantpipe.engines.metadata import load_engine
 from quantpipe.engines.registry import get_backend
 from quantpipe.errors import QuantpipeError
 from quantpipe.pipeline.atomic import atomic_path
-from quantpipe.serving.client import wait_until_ready
+from quantpipe.serving.client import closed_loop, wait_until_ready
 from quantpipe.serving.selection import run_engines
 from quantpipe.serving.server import free_ports
 from quantpipe.serving.triton_config import model_name
@@ -135,7 +135,13 @@ def _engine(
     meta = load_engine(engine)
     name = model_name(meta)
     inp, out = meta.inputs[0].name, meta.outputs[0].name
-    figures = [_load(name, inp, out, http, batches, clients, seconds, batch) for clients in levels]
+    with get_backend(meta.backend).runner(engine, RunnerOptions()) as runner:
+        expected = [next(iter(runner.infer({inp: x}).values())) for x in batches]
+    figures = []
+    for clients in levels:
+        level = closed_loop(http, name, batches, expected, clients, seconds, (inp, out))
+        images = level["requests_per_s"] * batch
+        figures.append({"clients": clients, **level, "images_per_s": images})
     local = _in_process(engine, inp, batches, seconds, batch)
     one = next(f for f in figures if f["clients"] == min(levels))
     return {
@@ -147,53 +153,6 @@ def _engine(
         "serving_over_in_process_throughput_best": max(f["requests_per_s"] for f in figures)
         / local["requests_per_s"],
     }
-
-
-def _load(
-    name: str, inp: str, out: str, http: int, batches: list[np.ndarray], clients: int,
-    seconds: float, batch: int,
-) -> dict[str, Any]:  # fmt: skip
-    import tritonclient.http as httpclient
-
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
-    first_error: list[str] = []
-    start = threading.Barrier(clients + 1)
-    stop_at = [0.0]
-
-    def client(k: int) -> None:
-        c = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
-        start.wait()
-        i = k
-        while time.perf_counter() < stop_at[0]:
-            x = batches[i % len(batches)]
-            one = httpclient.InferInput(inp, list(x.shape), "FP32")
-            one.set_data_from_numpy(x)
-            t = time.perf_counter()
-            try:
-                answer = c.infer(name, [one]).as_numpy(out)
-                if answer is None or len(answer) != len(x):
-                    errors[k] += 1
-                    first_error.append(f"an answer of {None if answer is None else len(answer)}")
-            except Exception as e:  # counted and reported, never fatal: this is a load test
-                errors[k] += 1
-                first_error.append(str(e)[:300])
-            latencies[k].append(time.perf_counter() - t)
-            i += clients
-        c.close()
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.perf_counter() + seconds
-    began = time.perf_counter()
-    start.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    figures = _figures([x for lat in latencies for x in lat], elapsed, batch)
-    first = first_error[0] if first_error else None
-    return {"clients": clients, **figures, "errors": sum(errors), "first_error": first}
 
 
 def _in_process(
