@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from quantpipe.serving.watchdog import tree as descendants
+
 
 def wait_until_ready(
     proc: subprocess.Popen, http_port: int, models: Sequence[str], timeout_s: float = 120.0
@@ -37,23 +39,8 @@ def wait_until_ready(
 
 def tree(pid: int) -> list[int]:
     """`pid` and its live descendants (the quantpipe process, its watchdog, tritonserver,
-    the Python-backend stubs and theirs), from /proc; zombies are dead and left out."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_bytes()
-            except OSError:  # exited meanwhile
-                continue
-            state, ppid = stat[stat.rindex(b")") + 2 :].split()[:2]
-            if state != b"Z":
-                children.setdefault(int(ppid), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(children.get(p, []))
-    return found
+    the Python-backend stubs and theirs)."""
+    return descendants([pid])
 
 
 def tree_rss(pid: int) -> int:

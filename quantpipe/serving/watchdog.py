@@ -129,8 +129,8 @@ def _listing() -> set[str]:
 
 
 def parents() -> dict[int, int]:
-    """Every live process's parent, from /proc/PID/stat (the field after the command name,
-    which may itself hold spaces and parentheses)."""
+    """Every live process's parent, from /proc/PID/stat (the fields after the command name,
+    which may itself hold spaces and parentheses); zombies are dead and left out."""
     out = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -138,7 +138,9 @@ def parents() -> dict[int, int]:
                 stat = (entry / "stat").read_bytes()
             except OSError:  # exited meanwhile
                 continue
-            out[int(entry.name)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            state, ppid = stat[stat.rindex(b")") + 2 :].split()[:2]
+            if state != b"Z":
+                out[int(entry.name)] = int(ppid)
     return out
 
 
