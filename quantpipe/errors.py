@@ -28,3 +28,10 @@ class RunDirLockedError(QuantpipeError):
 
 class CorruptArtifactError(QuantpipeError):
     """An artifact on disk (cache, container, manifest) fails its integrity checks."""
+
+
+def shown(recorded: str) -> str:
+    """A string read from a file, as a message shows it: as is, or quoted with escapes when
+    it holds line breaks or other unprintable characters, so that a damaged file cannot turn
+    a one-line refusal into several lines."""
+    return recorded if recorded.isprintable() else repr(recorded)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from quantpipe.calibration.calibrators import CalibratorConfig, config_params
-from quantpipe.errors import CorruptArtifactError, QuantpipeError
+from quantpipe.errors import CorruptArtifactError, QuantpipeError, shown
 from quantpipe.pipeline.atomic import atomic_write_json, atomic_write_text
 
 QMAX = 127
@@ -152,21 +152,15 @@ def load_table(calib_dir: str | os.PathLike[str], key: str, model_sha256: str) -
     if table.model_sha256 != model_sha256:
         raise QuantpipeError(
             f"calibration table {str(json_path)!r} was made for another model (sha256 "
-            f"{_shown(table.model_sha256[:12])}…, this model is {model_sha256[:12]}…): recalibrate "
+            f"{shown(table.model_sha256[:12])}…, this model is {model_sha256[:12]}…): recalibrate "
             "with this model or pass the table made for it"
         )
     if table.key != key:
         raise QuantpipeError(
-            f"calibration table {str(json_path)!r} holds key {_shown(table.key)}, expected {key}: "
+            f"calibration table {str(json_path)!r} holds key {shown(table.key)}, expected {key}: "
             "it was made with other calibrator parameters or data; recalibrate"
         )
     return table
-
-
-def _shown(recorded: str) -> str:
-    """A string read from a file as is, or quoted with escapes when it holds line breaks or
-    other unprintable characters: a damaged file must not make a refusal several lines."""
-    return recorded if recorded.isprintable() else repr(recorded)
 
 
 def read_table_json(path: str | os.PathLike[str]) -> CalibrationTable:

@@ -17,7 +17,7 @@ from typing import Any
 
 from quantpipe.engines.backend import BatchProfile, outside_profile
 from quantpipe.engines.machine import CpuInfo, GpuInfo, gpu_info
-from quantpipe.errors import CorruptArtifactError, QuantpipeError
+from quantpipe.errors import CorruptArtifactError, QuantpipeError, shown
 from quantpipe.pipeline.hashing import sha256_file
 from quantpipe.pipeline.results import JsonResult
 
@@ -118,23 +118,17 @@ def _check_host(engine: Path, meta: EngineMeta) -> None:
     installed = installed_runtime_version(meta.runtime)
     if installed != meta.runtime_version:
         raise QuantpipeError(
-            f"engine {engine} was built by {_shown(meta.runtime)} {_shown(meta.runtime_version)}"
+            f"engine {engine} was built by {shown(meta.runtime)} {shown(meta.runtime_version)}"
             f", and this host has {installed or 'none'}: TensorRT engines run only on the "
             "version that built them; rebuild it here with `quantpipe engines --force`"
         )
     here = gpu_info()
     if meta.gpu is not None and (here is None or here != meta.gpu):
         raise QuantpipeError(
-            f"engine {engine} was built for {_shown(meta.gpu.describe())}, and this host has "
+            f"engine {engine} was built for {shown(meta.gpu.describe())}, and this host has "
             f"{here.describe() if here else 'no GPU'}: rebuild it here with "
             "`quantpipe engines --force`"
         )
-
-
-def _shown(recorded: str) -> str:
-    """A recorded string as is, or quoted with escapes when it holds line breaks or other
-    unprintable characters: a damaged file must not turn a refusal into several lines."""
-    return recorded if recorded.isprintable() else repr(recorded)
 
 
 def installed_runtime_version(runtime: str) -> str | None:
