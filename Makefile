@@ -19,7 +19,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-models bench-engines bench-pareto bench-serve zoo docker models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-models bench-engines bench-pareto bench-serve bench-reliability zoo docker models datasets backends clean
 
 setup: $(STAMP) $(SERVE_STAMP)
 
@@ -132,6 +132,17 @@ bench-serve: setup
 bench-pareto: setup
 	mkdir -p bench-results
 	$(BIN)/python tests/bench/bench_pareto.py --out bench-results/bench-pareto.json
+
+# Faults, hostile input and load (issue 14): every stage stopped 10 ways (about 25 min),
+# 100,000 fuzz cases per on-disk format, a 10-minute server soak, and peak memory on 1,024
+# images at 224x224 (needs ../shared's CIFAR-10 tar). Each writes JSON; each fails on a fault.
+SHARED_CIFAR ?= ../shared/data/cifar10-test-jpeg.tar
+bench-reliability: setup
+	mkdir -p bench-results
+	$(BIN)/python tests/reliability/interruption.py --plan full --out bench-results/bench-interruption.json
+	$(BIN)/python tests/bench/bench_fuzz.py --examples 100000 --out bench-results/bench-fuzz.json
+	$(BIN)/python tests/bench/bench_serve_soak.py --duration 600 --out bench-results/bench-serve-soak.json
+	$(BIN)/python tests/bench/bench_memory.py --data cifar10:$(SHARED_CIFAR) --out bench-results/bench-memory.json
 
 models datasets backends: setup
 	$(QP) $@
