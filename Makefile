@@ -133,9 +133,10 @@ bench-pareto: setup
 	mkdir -p bench-results
 	$(BIN)/python tests/bench/bench_pareto.py --out bench-results/bench-pareto.json
 
-# Faults, hostile input and load (issue 14): every stage stopped 10 ways (about 25 min),
-# 100,000 fuzz cases per on-disk format, a 10-minute server soak, and peak memory on 1,024
-# images at 224x224 (needs ../shared's CIFAR-10 tar). Each writes JSON; each fails on a fault.
+# Faults, hostile input and load (issue 14): every stage stopped 10 ways (17 min), 100,000
+# fuzz cases per file format (about 1 h), a 10-minute server soak and flood, and peak memory
+# on 1,024 images at 224x224 (about 1 h; needs ../shared's CIFAR-10 tar): about 2.5 h on
+# 2 cores. Each writes JSON and exits non-zero on a fault.
 SHARED_CIFAR ?= ../shared/data/cifar10-test-jpeg.tar
 bench-reliability: setup
 	mkdir -p bench-results
