@@ -96,6 +96,8 @@ def retune_affine(
     if cfg.steps == 0 or not params:
         return Retuned(student.cpu(), 0)
     inputs, targets = inputs[: cfg.samples].to(cfg.device), targets[: cfg.samples].to(cfg.device)
+    layout = _faster_layout(student, inputs)
+    inputs = inputs.contiguous(memory_format=layout)
     held = min(len(inputs) // 5, _MAX_HELD_OUT) if len(inputs) >= 10 else 0  # else all steps
     fit, judge = slice(0, len(inputs) - held), slice(len(inputs) - held, len(inputs))
     for p in student.parameters():
@@ -109,7 +111,7 @@ def retune_affine(
     for steps in track(range(1, cfg.steps + 1), "btc re-tune", progress, unit="step"):
         idx = torch.randint(0, len(inputs) - held, (cfg.batch_size,), generator=generator)
         idx = idx.to(cfg.device)
-        out = F.log_softmax(student(inputs[fit][idx]), 1)
+        out = F.log_softmax(student(inputs[fit][idx].contiguous(memory_format=layout)), 1)
         loss = F.kl_div(out, targets[fit][idx], log_target=True, reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -120,7 +122,44 @@ def retune_affine(
         stop.restore_best()
     for p in student.parameters():
         p.requires_grad_(False)
+    student.to(memory_format=torch.contiguous_format)  # what export and coding expect
     return Retuned(student.eval().cpu(), steps)
+
+
+def _faster_layout(model: nn.Module, inputs: torch.Tensor) -> torch.memory_format:
+    """Channels-last for a model of images on the CPU, when it gives the same outputs (it
+    switches `model` in place); else the default layout.
+
+    Why: oneDNN's convolutions run re-tuning's steps (input gradients only) faster in
+    channels-last: the trained ResNet-56 at batch 128 took 0.80-0.86 s a step against
+    0.88-0.96 s (30 steps, two rounds, 2 AMD EPYC cores). A model whose forward needs the
+    default layout (a ``.view`` of a feature map, say) fails or differs in channels-last
+    and keeps it.
+    """
+    if inputs.dim() != 4 or inputs.device.type != "cpu" or len(inputs) == 0:
+        return torch.contiguous_format
+    sample = inputs[:8]
+    with torch.no_grad():
+        expected = model(sample)
+        try:
+            model.to(memory_format=torch.channels_last)
+            got = model(sample.contiguous(memory_format=torch.channels_last))
+        except RuntimeError:
+            got = None
+    if not _same_outputs(got, expected):
+        model.to(memory_format=torch.contiguous_format)
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def _same_outputs(got: object, expected: object) -> bool:
+    """Equal up to float re-association (outputs of two memory layouts)."""
+    if not (isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor)):
+        return False
+    if got.shape != expected.shape:
+        return False
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale + 1e-6)
 
 
 def _kl(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:

@@ -124,6 +124,40 @@ def test_retune_stops_once_the_held_out_kl_stops_falling() -> None:
     assert float(kl) < 1e-5
 
 
+class _ViewNet(_Net):
+    """Flattens its feature map with .view, which channels-last memory cannot do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).view(len(x), -1))
+
+
+@pytest.mark.parametrize("net", [_Net, _ViewNet])
+def test_retune_runs_in_the_faster_layout_where_it_can_and_returns_the_default(net: type) -> None:
+    torch.manual_seed(0)
+    reference = net().eval()
+    coded = net().eval()
+    coded.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        coded.conv.weight.copy_(torch.round(coded.conv.weight * 2) / 2)
+    inputs = torch.from_numpy(np.random.default_rng(0).standard_normal((256, 1, 6, 6))).float()
+    with torch.no_grad():
+        targets = fp32_targets(reference(inputs).numpy())
+    layouts: list[bool] = []  # per forward: did the conv run channels-last?
+    coded.conv.register_forward_hook(lambda m, inp, out: layouts.append(not out.is_contiguous()))
+    tuned = retune_affine(coded, inputs, targets, RetuneConfig(steps=30, batch_size=16)).model
+    # The steps ran channels-last for the plain net; the .view net kept the default layout
+    # (its trial forward failed) instead of failing.
+    assert layouts[-1] is (net is _Net)
+    assert tuned.conv.weight.is_contiguous() and tuned.fc.weight.is_contiguous()
+    with torch.no_grad():
+        channels_last = inputs.contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(tuned(inputs), tuned(channels_last))
+
+
 def test_device_is_checked_before_any_work() -> None:
     from quantpipe.engines.torch_runner import torch_device
 
