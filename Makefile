@@ -134,7 +134,7 @@ bench-pareto: setup
 	$(BIN)/python tests/bench/bench_pareto.py --out bench-results/bench-pareto.json
 
 # Faults, hostile input and load (issue 14): every stage stopped 10 ways (17 min), 100,000
-# fuzz cases per file format (about 1 h), a 10-minute server soak and flood, and peak memory
+# fuzz cases per file format (47 CPU-min), a 10-minute server soak and flood, and peak memory
 # on 1,024 images at 224x224 (about 1 h; needs ../shared's CIFAR-10 tar): about 2.5 h on
 # 2 cores. Each writes JSON and exits non-zero on a fault.
 SHARED_CIFAR ?= ../shared/data/cifar10-test-jpeg.tar

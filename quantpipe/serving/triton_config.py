@@ -171,8 +171,8 @@ def parse_config(text: str, where: str = "config.pbtxt") -> Any:
     try:
         return text_format.Parse(text, _pb2().ModelConfig())
     except (text_format.ParseError, ValueError) as e:
-        # ValueError: a value the parser accepts but protobuf's runtime will not store (a
-        # 140-digit integer in some fields, found by the fuzzer). The parser quotes the
+        # ValueError: a value the parser accepts but protobuf's runtime will not store (an
+        # enum given a 400-digit integer, found by the fuzzer). The parser quotes the
         # offending text, which may hold line breaks: one line.
         problem = " ".join(str(e).splitlines())[:200]
         raise QuantpipeError(f"{where} is not a Triton model configuration: {problem}") from None
