@@ -153,6 +153,12 @@ def _btc_parser(sub: argparse._SubParsersAction) -> None:
         help="affine re-tuning steps (default: 300 with --target-bits/--max-drop, else 0)",
     )
     p.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        help="also score 8-bit per-tensor and per-channel quantizers of the same weights on "
+        "test (default: yes for the paper's rule and --search, no with --target-bits/--max-drop)",
+    )
+    p.add_argument(
         "--device",
         default="auto",
         help="where Fisher importance and re-tuning run: auto (a GPU if PyTorch sees one), "

@@ -62,6 +62,7 @@ def cmd_btc(args: argparse.Namespace) -> int:
         calib_count=args.calib_count,
         retune_steps=args.retune_steps,
         device=args.device,
+        baselines=args.baselines,
     )
     with open_run(args, args.model) as run:
         stage = BtcStage(_model(args), _data(args), cfg, LabelSource(args.reference))

@@ -18,7 +18,6 @@ from quantpipe.btc.container import ContainerAccounting
 from quantpipe.btc.retune import RetuneConfig
 from quantpipe.data.selection import select
 from quantpipe.errors import QuantpipeError
-from quantpipe.evaluate.evaluate import SplitScores
 from quantpipe.pipeline.rundir import RunDir
 from quantpipe.pipeline.stage import StageContext
 from quantpipe.stages.btc_modes import (
@@ -28,20 +27,19 @@ from quantpipe.stages.btc_modes import (
     mode_from_flags,
     mode_params,
 )
-from quantpipe.stages.btc_result import BtcAccuracy, BtcResult, BtcSize, Candidate
-from quantpipe.stages.btc_scoring import REFERENCE_CACHE, OrtScorer, ReferenceCache, reference_key
+from quantpipe.stages.btc_references import References
+from quantpipe.stages.btc_result import BtcAccuracy, BtcResult, BtcSize, Candidate, Fp32Scores
+from quantpipe.stages.btc_scoring import OrtScorer
 from quantpipe.stages.common import DataRef, LabelSource, ModelRef
 
 if TYPE_CHECKING:
     import onnx
     from torch import nn
 
-    from quantpipe.data.selection import Selection
     from quantpipe.stages.btc_coder import Coded, Coder
-    from quantpipe.stages.btc_result import Baseline
 
 
-COMMON_KEYS = ("calib_count", "eval_count", "retune_steps", "device")
+COMMON_KEYS = ("calib_count", "eval_count", "retune_steps", "device", "baselines")
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ class BtcConfig:
     `retune_steps` None means the mode's default: 300 for the budgeted modes (target bits,
     max drop), 0 for the paper's modes, which stay exactly as published. `device` is where
     the PyTorch parts (Fisher importance, re-tuning) run: auto takes a GPU when there is one.
+    `baselines` None means the mode's default: measured for the paper's modes only.
     """
 
     mode: BtcMode = field(default_factory=SigmaRuleMode)
@@ -58,6 +57,7 @@ class BtcConfig:
     eval_count: int | None = None
     retune_steps: int | None = None
     device: str = "auto"
+    baselines: bool | None = None
 
     def __post_init__(self) -> None:
         from quantpipe.engines.torch_runner import check_device_name
@@ -79,6 +79,9 @@ class BtcConfig:
     def retune(self) -> int:
         return self.mode.default_retune_steps if self.retune_steps is None else self.retune_steps
 
+    def with_baselines(self) -> bool:
+        return self.mode.default_baselines if self.baselines is None else self.baselines
+
     def params(self) -> dict[str, Any]:
         return {
             **mode_params(self.mode),
@@ -86,6 +89,7 @@ class BtcConfig:
             "eval_count": self.eval_count,
             "retune_steps": self.retune(),
             "device": self.device,
+            "baselines": self.with_baselines(),
         }
 
 
@@ -139,20 +143,23 @@ class BtcStage:
         calib = select(dataset, "calib", spec.preprocessing, seed, cfg.calib_count)
         retune = RetuneConfig(steps=cfg.retune(), seed=seed, device=device)
         coder = Coder(net, fp32_onnx, calib, retune, scorer, ctx.progress)
-        fp32, baselines = _references(ctx, coder, val, test)
-        chosen, candidates = cfg.mode.choose(coder, fp32.val, val)
+        refs = References(ctx.run.path, coder, val, test)
+        chosen, candidates = cfg.mode.choose(coder, refs.fp32_val, val)
         decoded = _export_decoded(scorer, chosen.model)
         container, size = self._write_artifacts(ctx, coder, chosen, decoded)
         btc_test = scorer.accuracy(decoded, test)  # the chosen candidate's too (search modes)
+        fp32 = Fp32Scores(refs.fp32_test(), refs.measured_val())
         result = BtcResult(
             mode=cfg.mode.name,
             retune_steps=cfg.retune(),
             summary=chosen.encoding.summary,
-            accuracy=BtcAccuracy(fp32, btc_test, test.info(), val.info()),
-            baselines=baselines,
+            accuracy=BtcAccuracy(
+                fp32, btc_test, test.info(), None if fp32.val is None else val.info()
+            ),
+            baselines=refs.baselines() if cfg.with_baselines() else {},
             candidates=[
                 Candidate(
-                    **c.row(fp32.val),
+                    **c.row(refs.fp32_val()),
                     test_accuracy=btc_test if c is chosen else scorer.accuracy(c.model, test),
                 )
                 for c in candidates
@@ -186,25 +193,6 @@ class BtcStage:
         fp32_bytes = onnx_tmp.stat().st_size
         ratio = fp32_bytes / accounting.file_bytes
         return accounting, BtcSize(accounting.file_bytes, fp32_bytes, ratio)
-
-
-def _references(
-    ctx: StageContext, coder: Coder, val: Selection, test: Selection
-) -> tuple[SplitScores, dict[str, Baseline]]:
-    """The FP32 model's val and test scores and the 8-bit baselines on test: from the run's
-    cache when the same model and splits were scored before, else measured and cached."""
-    from quantpipe.stages.btc_coder import baselines
-
-    cache = ReferenceCache(ctx.run.path / REFERENCE_CACHE)
-    key = reference_key(coder.fp32, val, test)
-    cached = cache.get(key)
-    if cached is not None:
-        return cached
-    scorer = coder.scorer
-    fp32 = SplitScores(scorer.accuracy(coder.fp32, val), scorer.accuracy(coder.fp32, test))
-    measured = baselines(coder, test)
-    cache.put(key, fp32, measured)
-    return fp32, measured
 
 
 def write_figures(ctx: StageContext, coder: Coder, chosen: Coded, result: BtcResult) -> None:

@@ -11,6 +11,7 @@ coder (btc_coder.py) does the work. A new mode is one class here plus one regist
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -35,11 +36,19 @@ class BtcMode(Protocol):
     # Affine re-tuning steps unless --retune-steps says otherwise: the paper's modes stay
     # exactly as published (0); the budgeted modes re-tune (300).
     default_retune_steps: ClassVar[int]
+    # The 8-bit baselines unless --baselines/--no-baselines says otherwise: the paper's
+    # modes reproduce its table, which compares with them; the budgeted modes do not need
+    # them to choose (two more passes over the test split).
+    default_baselines: ClassVar[bool]
 
     def policies(self) -> list[Policy]: ...
 
-    def choose(self, coder: Coder, fp32_val: float, val: Selection) -> tuple[Coded, list[Coded]]:
-        """The chosen candidate and every candidate scored on `val` (empty if none was)."""
+    def choose(
+        self, coder: Coder, fp32_val: Callable[[], float], val: Selection
+    ) -> tuple[Coded, list[Coded]]:
+        """The chosen candidate and every candidate scored on `val` (empty if none was).
+        `fp32_val` measures the FP32 model on `val` (once): only modes that select on val
+        call it."""
         ...
 
 
@@ -52,6 +61,7 @@ def _check_drop(max_drop: float) -> None:
 class SigmaRuleMode:
     name: ClassVar[str] = "sigma-rule"
     default_retune_steps: ClassVar[int] = 0
+    default_baselines: ClassVar[bool] = True
     block_size: int = 64
     tau: float = 0.05
     low_bits: int = 4
@@ -63,7 +73,9 @@ class SigmaRuleMode:
     def policies(self) -> list[Policy]:
         return [SigmaRule(self.tau, self.block_size, self.low_bits, self.high_bits)]
 
-    def choose(self, coder: Coder, fp32_val: float, val: Selection) -> tuple[Coded, list[Coded]]:
+    def choose(
+        self, coder: Coder, fp32_val: Callable[[], float], val: Selection
+    ) -> tuple[Coded, list[Coded]]:
         return coder.code(self.policies()[0]), []
 
 
@@ -71,6 +83,7 @@ class SigmaRuleMode:
 class PaperSearchMode:
     name: ClassVar[str] = "paper-search"
     default_retune_steps: ClassVar[int] = 0
+    default_baselines: ClassVar[bool] = True
     block_sizes: tuple[int, ...] = BLOCK_SIZES
     taus: tuple[float, ...] = (0.05,)
     max_rmse: float = 3e-3
@@ -86,17 +99,20 @@ class PaperSearchMode:
         lo, hi = self.low_bits, self.high_bits
         return [SigmaRule(t, b, lo, hi) for b in self.block_sizes for t in self.taus]
 
-    def choose(self, coder: Coder, fp32_val: float, val: Selection) -> tuple[Coded, list[Coded]]:
+    def choose(
+        self, coder: Coder, fp32_val: Callable[[], float], val: Selection
+    ) -> tuple[Coded, list[Coded]]:
         from quantpipe.stages.btc_coder import search
 
         policies = self.policies()
-        return search(coder, policies, fp32_val, val, self.max_drop, self.max_rmse, False)
+        return search(coder, policies, fp32_val(), val, self.max_drop, self.max_rmse, False)
 
 
 @dataclass(frozen=True)
 class TargetBitsMode:
     name: ClassVar[str] = "target-bits"
     default_retune_steps: ClassVar[int] = 300
+    default_baselines: ClassVar[bool] = False
     target_bits: float
     block_sizes: tuple[int, ...] = BLOCK_SIZES
     low_bits: int = 4
@@ -118,7 +134,9 @@ class TargetBitsMode:
             if self.target_bits >= lo + HEADER_BITS / b
         ]
 
-    def choose(self, coder: Coder, fp32_val: float, val: Selection) -> tuple[Coded, list[Coded]]:
+    def choose(
+        self, coder: Coder, fp32_val: Callable[[], float], val: Selection
+    ) -> tuple[Coded, list[Coded]]:
         # The least Fisher-weighted error wins (no accuracy is measured for this choice);
         # re-tuning is the slow part, so only that block size gets it.
         encodings = [(p, coder.encode(p)) for p in self.policies()]
@@ -130,6 +148,7 @@ class TargetBitsMode:
 class MaxDropMode:
     name: ClassVar[str] = "max-drop"
     default_retune_steps: ClassVar[int] = 300
+    default_baselines: ClassVar[bool] = False
     max_drop: float
     block_size: int = 64
     low_bits: int = 4
@@ -145,11 +164,13 @@ class MaxDropMode:
         floor = lo + HEADER_BITS / b
         return [TargetBits(x, b, lo, hi, DEFAULT_CLIP_GRID) for x in BUDGET_LADDER if x >= floor]
 
-    def choose(self, coder: Coder, fp32_val: float, val: Selection) -> tuple[Coded, list[Coded]]:
+    def choose(
+        self, coder: Coder, fp32_val: Callable[[], float], val: Selection
+    ) -> tuple[Coded, list[Coded]]:
         from quantpipe.stages.btc_coder import search
 
         # The ladder is ascending: its first admissible rung is the answer.
-        return search(coder, self.policies(), fp32_val, val, self.max_drop, None, True)
+        return search(coder, self.policies(), fp32_val(), val, self.max_drop, None, True)
 
 
 BTC_MODES: dict[str, type[BtcMode]] = {

@@ -9,17 +9,25 @@ from quantpipe.artifacts import BTC
 from quantpipe.btc.container import ContainerAccounting
 from quantpipe.btc.model import LayerSummary, ModelSummary
 from quantpipe.data.selection import DataInfo
-from quantpipe.evaluate.evaluate import SplitScores
 from quantpipe.pipeline.results import JsonResult
 from quantpipe.text_table import format_table
 
 
 @dataclass(frozen=True)
+class Fp32Scores:
+    """The FP32 model's headline metric (%): on test always, on val when the mode selected
+    on val (None: it was not needed, so not measured)."""
+
+    test: float
+    val: float | None = None
+
+
+@dataclass(frozen=True)
 class BtcAccuracy:
-    fp32: SplitScores
+    fp32: Fp32Scores
     btc_test: float
     data_test: DataInfo
-    data_val: DataInfo
+    data_val: DataInfo | None = None  # the val split, when something was measured on it
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class BtcResult(JsonResult):
     retune_steps: int
     summary: ModelSummary
     accuracy: BtcAccuracy
-    baselines: dict[str, Baseline]
+    baselines: dict[str, Baseline]  # empty unless measured (--baselines)
     candidates: list[Candidate]
     container: ContainerAccounting
     size: BtcSize
@@ -94,21 +102,23 @@ class BtcResult(JsonResult):
     def table(self, model: str) -> str:
         """Table 2 of the paper (plus effective bits and the size ratio), candidates, layers."""
         s, acc = self.summary, self.accuracy
-        uni = self.baselines["uniform8_per_tensor"]
+        uni = self.baselines.get("uniform8_per_tensor")
         headers = (
             "model", "FP32 acc", "BTC acc", "uniform acc", "BTC RMSE", "BTC payload bits",
             "BTC eff. bits", "uniform bits", "size ratio vs FP32 ONNX",
         )  # fmt: skip
         row = (
-            model, f"{acc.fp32.test:.2f}", f"{acc.btc_test:.2f}", f"{uni.test_accuracy:.2f}",
-            f"{s.rmse:.2e}", f"{s.b_avg:.3f}", f"{s.b_eff:.3f}", f"{uni.bits}",
+            model, f"{acc.fp32.test:.2f}", f"{acc.btc_test:.2f}",
+            "—" if uni is None else f"{uni.test_accuracy:.2f}", f"{s.rmse:.2e}",
+            f"{s.b_avg:.3f}", f"{s.b_eff:.3f}", "—" if uni is None else f"{uni.bits}",
             f"{self.size.ratio:.2f}×",
         )  # fmt: skip
         data = acc.data_test
         lines = [
             format_table(headers, [row]),
             f"Accuracies: {self._metric()} (%) on {data.dataset} split {data.split}, "
-            f"{data.count:,} samples ({data.where()}). Policy: {s.policy}.",
+            f"{data.count:,} samples ({data.where()}). Policy: {s.policy}."
+            + ("" if uni else " Uniform 8-bit baselines: not measured (--baselines)."),
         ]
         if self.candidates:
             lines += ["", "Candidates (selected on val, reported on test):", self._candidates()]

@@ -4,34 +4,26 @@ Every accuracy BTC reports (FP32, candidates, the 8-bit baselines, the chosen mo
 the FP32 targets of re-tuning come from the model exported to ONNX and run by ONNX
 Runtime. Why: on ResNet-56 ONNX Runtime runs 430 images/s against PyTorch eager's 243
 (1.8×; AMD EPYC, 2 threads, batch 256), and it is the arithmetic that the shipped
-`model.btc.onnx` runs. The FP32 accuracies and the baselines depend only on the weights and
-the splits, so they are cached in the run directory (`btc/reference-cache.json`) and a
-second `btc` on the same model skips them.
+`model.btc.onnx` runs. What the result is compared with is measured on demand and cached
+(btc_references.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quantpipe.data.selection import Selection
 from quantpipe.engines.onnxruntime_runner import OnnxRuntimeRunner
 from quantpipe.engines.ort_session import OrtConfig
-from quantpipe.evaluate.evaluate import EvalSetup, SplitScores, evaluate
+from quantpipe.evaluate.evaluate import EvalSetup, evaluate
 from quantpipe.models.spec import ModelSpec
-from quantpipe.stages.btc_result import Baseline
 
 if TYPE_CHECKING:
     import onnx
     from torch import nn
 
-REFERENCE_CACHE = "btc/reference-cache.json"
-_CACHE_FORMAT = 1
 _BATCH = 256
 
 
@@ -66,52 +58,3 @@ class OrtScorer:
                 for i in range(0, len(inputs), _BATCH)
             ]
         return np.concatenate(out)
-
-
-def reference_key(fp32: onnx.ModelProto, *splits: Selection) -> str:
-    """What the FP32 scores and baselines depend on: the exported FP32 model (weights and
-    graph) and the samples and labels of each split."""
-    digest = hashlib.sha256(fp32.SerializeToString())
-    for s in splits:
-        digest.update(json.dumps(s.provenance(), sort_keys=True, default=str).encode())
-        if s.truth != "labels" and s.labels is not None:  # a reference model's predictions
-            digest.update(np.ascontiguousarray(s.labels).tobytes())
-    return digest.hexdigest()
-
-
-class ReferenceCache:
-    """FP32 scores and baselines by `reference_key`, in one JSON file of the run. A missing,
-    damaged or foreign file is an empty cache (the values are measured again), never an
-    error; it is written atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def get(self, key: str) -> tuple[SplitScores, dict[str, Baseline]] | None:
-        entry: Any = self._read().get(key)
-        try:
-            fp32 = SplitScores(float(entry["fp32"]["val"]), float(entry["fp32"]["test"]))
-            baselines = {k: Baseline(**v) for k, v in entry["baselines"].items()}
-        except (TypeError, KeyError, ValueError):
-            return None
-        return fp32, baselines
-
-    def put(self, key: str, fp32: SplitScores, baselines: dict[str, Baseline]) -> None:
-        from quantpipe.pipeline.atomic import atomic_write_json
-
-        entries = self._read()
-        entries[key] = {
-            "fp32": {"val": fp32.val, "test": fp32.test},
-            "baselines": {k: asdict(b) for k, b in baselines.items()},
-        }
-        atomic_write_json(self.path, {"format": _CACHE_FORMAT, "entries": entries})
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            payload = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(payload, dict) or payload.get("format") != _CACHE_FORMAT:
-            return {}
-        entries = payload.get("entries")
-        return entries if isinstance(entries, dict) else {}

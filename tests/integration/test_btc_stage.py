@@ -107,4 +107,4 @@ def test_fp32_scores_and_baselines_come_from_the_run_cache(btc_run: Path) -> Non
     assert main([*argv[:-3], "--block-size", "32", "--quiet"]) == 0
     third = _results(btc_run, "btc")
     assert third["accuracy"]["fp32"]["test"] == first["accuracy"]["fp32"]["test"]
-    assert json.loads(cache.read_text())["format"] == 1
+    assert json.loads(cache.read_text())["format"] == 2

@@ -49,6 +49,18 @@ def test_btc_target_bits_scores_agreement_with_fp32(unlabelled, capsys) -> None:
     assert 4.4 <= res["summary"]["b_eff"] <= 4.5
     out = capsys.readouterr().out
     assert "agreement with the predictions of model.fp32.onnx" in out
+    # --target-bits selects nothing on val and compares with no baseline: neither is measured.
+    assert res["accuracy"]["fp32"]["val"] is None and res["accuracy"]["data_val"] is None
+    assert res["baselines"] == {} and "baselines: not measured (--baselines)" in out
+    (entry,) = json.loads((run / "btc" / "reference-cache.json").read_text())["entries"].values()
+    assert entry == {"fp32": {"test": res["accuracy"]["fp32"]["test"]}}
+    # Asked for, the baselines are measured and cached next to the cached FP32 score.
+    assert main([*argv, *data, "--baselines", "--run-dir", str(run), "--quiet"]) == 0
+    again = _results(run, "btc")
+    assert set(again["baselines"]) == {"uniform8_per_tensor", "percentile8_per_channel"}
+    assert all(90.0 <= b["test_accuracy"] <= 100.0 for b in again["baselines"].values())
+    (entry,) = json.loads((run / "btc" / "reference-cache.json").read_text())["entries"].values()
+    assert set(entry) == {"fp32", "baselines"}
 
 
 def test_ptq_auto_scores_agreement_with_fp32(unlabelled, capsys) -> None:
