@@ -1,3 +1,6 @@
+import dataclasses
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantpipe.btc.policy import SigmaRule, TargetBits
-from quantpipe.btc.retune import RetuneConfig, affine_parameters, fp32_targets, retune_affine
+from quantpipe.btc.retune import (
+    RetuneConfig,
+    _cosine_cycle_lr,
+    _kl,
+    affine_parameters,
+    fp32_targets,
+    retune_affine,
+)
 from quantpipe.errors import QuantpipeError
 from quantpipe.stages.btc import BtcConfig
 from quantpipe.stages.btc_modes import TargetBitsMode
@@ -89,7 +99,8 @@ def test_retune_reduces_the_gap_and_touches_only_affine_parameters() -> None:
     inputs = torch.from_numpy(x)
     with torch.no_grad():
         targets = fp32_targets(reference(inputs).numpy())
-    cfg = RetuneConfig(steps=200, lr=1e-2, patience=8)  # the fit itself, not early stopping
+    # The fit itself, not early stopping (the toy's KL starts under the default tolerance).
+    cfg = RetuneConfig(steps=200, lr=1e-2, patience=8, kl_tolerance=0.0)
     tuned = retune_affine(coded, inputs, targets, cfg).model
     assert gap(tuned) < 0.5 * gap(coded)
     assert torch.equal(tuned.conv.weight, coded.conv.weight)  # coded weights untouched
@@ -107,7 +118,8 @@ def test_retune_stops_once_the_held_out_kl_stops_falling() -> None:
         targets = fp32_targets(reference(inputs).numpy())
     batches: list[int] = []
     coded.register_forward_hook(lambda m, inp, out: batches.append(len(inp[0])))
-    cfg = RetuneConfig(steps=300, batch_size=16, check_every=25, patience=1)
+    # No tolerance: the rule on falls alone (a KL of 0 is within any positive tolerance).
+    cfg = RetuneConfig(steps=300, batch_size=16, check_every=25, patience=1, kl_tolerance=0.0)
     tuned = retune_affine(coded, inputs, targets, cfg)
     steps = sum(1 for n in batches if n == 16)
     # Two checks without a gain (one more than patience, as none was ever seen), not 300.
@@ -122,6 +134,27 @@ def test_retune_stops_once_the_held_out_kl_stops_falling() -> None:
             reduction="batchmean",
         )  # fmt: skip
     assert float(kl) < 1e-5
+
+
+def test_retune_ends_once_the_output_is_within_the_kl_tolerance() -> None:
+    torch.manual_seed(0)
+    reference = _Net().eval()
+    inputs = torch.from_numpy(np.random.default_rng(0).standard_normal((256, 1, 6, 6))).float()
+    with torch.no_grad():
+        targets = fp32_targets(reference(inputs).numpy())
+    cfg = RetuneConfig(steps=300, batch_size=16, lr=1e-2, check_every=10)
+    # Already the FP32 model's output: nothing to re-tune, not one step.
+    assert retune_affine(reference, inputs, targets, cfg).steps == 0
+    coded = _Net().eval()
+    coded.load_state_dict(reference.state_dict())
+    with torch.no_grad():  # a fine "coding": a small gap that a few steps close
+        coded.conv.weight.copy_(torch.round(coded.conv.weight * 16) / 16)
+    tolerance = 0.5 * _kl(coded, inputs[-51:], targets[-51:])  # the held-out fifth
+    # Patience without end: only the tolerance (or the 300 steps) can stop it.
+    cfg = dataclasses.replace(cfg, kl_tolerance=tolerance, patience=1000)
+    tuned = retune_affine(coded, inputs, targets, cfg)
+    assert 0 < tuned.steps < 300 and tuned.steps % 10 == 0
+    assert _kl(tuned.model, inputs[-51:], targets[-51:]) < tolerance
 
 
 class _ViewNet(_Net):
@@ -168,3 +201,12 @@ def test_device_is_checked_before_any_work() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(QuantpipeError, match="sees no CUDA device"):
             torch_device("cuda")
+
+
+def test_the_learning_rate_falls_over_each_cycle_and_restarts_at_its_peak() -> None:
+    cfg = RetuneConfig(lr=3e-3, check_every=20)
+    cycle = [_cosine_cycle_lr(cfg, step) for step in range(1, 21)]
+    assert cycle[0] == pytest.approx(3e-3)
+    assert all(a > b for a, b in itertools.pairwise(cycle))  # falling throughout
+    assert cycle[-1] < 0.01 * 3e-3  # each check measures a model near a minimum, not mid-step
+    assert _cosine_cycle_lr(cfg, 21) == pytest.approx(3e-3)  # the next cycle starts again
