@@ -202,7 +202,7 @@ class _EarlyStop:
     """Tracks the held-out KL and the best parameters seen (the start counts).
 
     Until a first gain is seen one more miss is allowed: a noisy first check (the KL a
-    little above the start after 25 steps) must not end a re-tuning that has barely begun.
+    little above the start after one cycle) must not end a re-tuning that has barely begun.
     """
 
     def __init__(

@@ -45,7 +45,7 @@ class ZooCounts:
     @staticmethod
     def quick() -> ZooCounts:
         """Small counts for CI: the path through every stage, not the published figures."""
-        return ZooCounts(eval_count=400, calib_count=128, btc_calib_count=256, retune_steps=20)
+        return ZooCounts(eval_count=400, calib_count=128, btc_calib_count=256, retune_steps=15)
 
 
 def builtin_entries(names: tuple[str, ...] | None) -> list[ZooEntry]:
