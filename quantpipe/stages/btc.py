@@ -65,6 +65,8 @@ class BtcConfig:
         if self.calib_count < 1:
             raise QuantpipeError(f"--calib-count must be ≥ 1, got {self.calib_count}")
         check_device_name(self.device)
+        if self.baselines not in (None, True, False):
+            raise QuantpipeError(f"baselines must be true or false, got {self.baselines!r}")
         RetuneConfig(steps=self.retune())
 
     @staticmethod

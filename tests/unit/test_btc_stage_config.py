@@ -43,6 +43,15 @@ def test_a_mode_is_found_by_name_with_its_own_fields() -> None:
         BtcConfig.from_flags(mode="max-drop", target_bits=5.0)
 
 
+def test_only_the_paper_modes_measure_the_baselines_unless_told() -> None:
+    assert BtcConfig().with_baselines() and BtcConfig.from_flags(search=True).with_baselines()
+    assert not BtcConfig.from_flags(target_bits=4.5).with_baselines()
+    assert not BtcConfig.from_flags(max_drop=1.0).with_baselines()
+    assert BtcConfig.from_flags(target_bits=4.5, baselines=True).params()["baselines"] is True
+    with pytest.raises(QuantpipeError, match="baselines must be true or false, got 'yes'"):
+        BtcConfig.from_flags(target_bits=4.5, baselines="yes")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
