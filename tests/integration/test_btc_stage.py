@@ -108,3 +108,18 @@ def test_fp32_scores_and_baselines_come_from_the_run_cache(btc_run: Path) -> Non
     third = _results(btc_run, "btc")
     assert third["accuracy"]["fp32"]["test"] == first["accuracy"]["fp32"]["test"]
     assert json.loads(cache.read_text())["format"] == 2
+
+
+def test_max_drop_selects_on_val_and_reports_the_fp32_val_score(tmp_path: Path) -> None:
+    argv = ["btc", "--model", "cifar10-resnet20", "--weights", str(RESNET20), "--data",
+            f"cifar10:{CIFAR_TAR}", "--eval-count", "300", "--calib-count", "256",
+            "--retune-steps", "15", "--max-drop", "3", "--run-dir", str(tmp_path),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    res = _results(tmp_path, "btc")
+    fp32_val = res["accuracy"]["fp32"]["val"]  # measured: this mode selects on val
+    assert 50.0 < fp32_val <= 100.0 and res["accuracy"]["data_val"]["split"] == "val"
+    chosen = res["candidates"][-1]  # the ladder stops at its first admissible rung
+    assert chosen["val_drop"] == pytest.approx(fp32_val - chosen["val_accuracy"])
+    assert chosen["val_drop"] <= 3.0 and chosen["b_eff"] == res["summary"]["b_eff"]
+    assert res["baselines"] == {}  # a budgeted mode: not asked for
