@@ -19,7 +19,7 @@ EXTRA ?=
 RUNS_DIR ?= runs
 STAGE_ARGS = --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN),--run $(RUN)) $(EXTRA)
 
-.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-ptq bench-models bench-engines bench-pareto bench-serve bench-reliability zoo docker models datasets backends clean
+.PHONY: setup demo test lint unit integration train export eval btc calibrate ptq qat mixed engines triton bench-run report bench bench-btc bench-btc-stage bench-ptq bench-models bench-engines bench-pareto bench-serve bench-reliability zoo docker models datasets backends clean
 
 setup: $(STAMP) $(SERVE_STAMP)
 
@@ -104,11 +104,18 @@ report: setup
 	$(QP) report $(if $(RUN),--run $(RUN)) $(EXTRA)
 
 # Benchmarks print a table and write JSON to bench-results/ (never run by make test).
-bench: bench-btc bench-ptq bench-models bench-engines bench-pareto
+bench: bench-btc bench-btc-stage bench-ptq bench-models bench-engines bench-pareto
 
 bench-btc: setup
 	mkdir -p bench-results
 	$(BIN)/python tests/bench/bench_btc.py --out bench-results/bench-btc.json
+
+# The whole btc command on ResNet-20 and -32 (../shared); BTC_MODELS="NAME=WEIGHTS ..."
+# adds others (a ResNet-56 you trained). About 10 minutes on 2 cores.
+bench-btc-stage: setup
+	mkdir -p bench-results
+	$(BIN)/python tests/bench/bench_btc_stage.py --out bench-results/bench-btc-stage.json \
+		$(foreach m,$(BTC_MODELS),--model $(m))
 
 bench-ptq: setup
 	mkdir -p bench-results
