@@ -120,5 +120,7 @@ class References:
 
 
 def _number(value: object) -> float | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if ok else None  # type: ignore[arg-type]
+    """A cached score as a float; None for anything else (a bool is not a score)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
