@@ -35,6 +35,8 @@ NUM_BINS = 2048
 # Elements binned per step: 32K-128K measured best (smaller chunks pay numpy's per-call
 # overhead, larger ones fall out of L2).
 _CHUNK = 1 << 16
+# Spatial axes shorter than this are binned whole (a 7x7 map's quarter is 16 positions).
+MIN_SPATIAL = 8
 # np.bincount's loop stalls when neighbours land in the same bin (the zeros of a ReLU output:
 # each increment waits for the previous one). Counting consecutive elements into 4 copies of
 # the bins and summing them cuts it from 2.3 to 1.8 ns per element on post-ReLU data, and
@@ -90,19 +92,71 @@ def merge_bins(counts: np.ndarray, factor: int) -> np.ndarray:
     return merged
 
 
-def accumulate(array: np.ndarray, stats: TensorHistogram) -> None:
+@dataclass(frozen=True)
+class SpatialSample:
+    """Which values of a tensor with two spatial axes the histogram bins: every ``stride``-th
+    row and column, starting at (``row``, ``col``). The maximum still covers every value.
+
+    Why a spatial sample: binning costs ~3 ns per value, as much as the inference itself
+    on resnet18's 3.4 M calibrated values per image, while neighbouring pixels are so
+    correlated that a quarter of the positions, in every channel of every image, carries
+    nearly all the information. `rotating` moves the start from slice to slice, so over a
+    run every position is binned as often as any other. Tensors without two spatial axes of
+    at least `MIN_SPATIAL` (and of ``stride``) are binned whole.
+    """
+
+    stride: int
+    row: int = 0
+    col: int = 0
+
+    @classmethod
+    def rotating(cls, stride: int, k: int) -> SpatialSample:
+        """The sample of the ``k``-th slice: rows cycle fastest, columns advance once per
+        cycle and once per slice, so the first ``stride`` slices differ in both (stride 2:
+        (0, 0), (1, 1), (0, 1), (1, 0))."""
+        return cls(stride, k % stride, (k // stride + k) % stride)
+
+    def applies(self, shape: tuple[int, ...]) -> bool:
+        spatial = shape[-2:]
+        return self.stride > 1 and len(shape) >= 4 and min(spatial) >= max(MIN_SPATIAL, self.stride)
+
+    def chunks(self, array: np.ndarray) -> list[np.ndarray]:
+        """The sampled values as views of at most ~_CHUNK values (whole planes, or rows of
+        one plane when a plane's sample is larger)."""
+        s = self.stride
+        planes = array.reshape(-1, *array.shape[-2:])[:, self.row :: s, self.col :: s]
+        count, height, width = planes.shape
+        if height * width <= _CHUNK:
+            per = _CHUNK // (height * width)
+            return [planes[i : i + per] for i in range(0, count, per)]
+        rows = max(1, _CHUNK // width)
+        return [planes[i, j : j + rows] for i in range(count) for j in range(0, height, rows)]
+
+
+def accumulate(
+    array: np.ndarray, stats: TensorHistogram, sample: SpatialSample | None = None
+) -> None:
     """Fold the |x| of ``array`` into ``stats`` (max, range, counts) in one pass.
 
+    With a ``sample`` that applies to the array's shape, the max and the range cover every
+    value (two reads) and the counts only the sampled ones.
+
     Raises:
-        NonFiniteError: ``array`` holds NaN or Inf.
+        NonFiniteError: ``array`` holds NaN or Inf (in a sampled array: anywhere).
     """
-    flat = np.ravel(array)
-    buf = np.empty(min(flat.size, _CHUNK), dtype=np.float32)
-    idx = np.empty(min(flat.size, _CHUNK), dtype=np.intp)
-    for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start : start + _CHUNK]
+    if sample is not None and sample.applies(array.shape):
+        _include_bounds(array, stats)
+        chunks = sample.chunks(array)
+    else:
+        flat = np.ravel(array)
+        chunks = [flat[i : i + _CHUNK] for i in range(0, flat.size, _CHUNK)]
+    if not chunks:
+        return
+    size = max(c.size for c in chunks)
+    buf, idx = np.empty(size, dtype=np.float32), np.empty(size, dtype=np.intp)
+    for chunk in chunks:
         b, i = buf[: chunk.size], idx[: chunk.size]
-        np.abs(chunk, out=b, casting="same_kind")
+        np.abs(chunk, out=b.reshape(chunk.shape), casting="same_kind")  # gathers a sample
         peak = float(b.max())
         if not math.isfinite(peak):
             raise NonFiniteError
@@ -114,16 +168,26 @@ def accumulate(array: np.ndarray, stats: TensorHistogram) -> None:
         num_bins = len(stats.counts)
         b *= np.float32(num_bins / stats.range_max)
         np.copyto(i, b, casting="unsafe")  # truncation == floor, as b >= 0
-        i += _lane_offsets(num_bins)[: chunk.size]
+        i += _lane_offsets(num_bins, size)[: chunk.size]
         lanes = np.bincount(i, minlength=_LANES * num_bins)
         stats.counts += lanes.reshape(_LANES, num_bins).sum(axis=0)
 
 
-@functools.cache
-def _lane_offsets(num_bins: int) -> np.ndarray:
+def _include_bounds(array: np.ndarray, stats: TensorHistogram) -> None:
+    """Fold the exact |x| max of ``array`` into ``stats`` and grow the range to cover it."""
+    high, low = float(array.max()), float(array.min())  # NaN propagates through both
+    if not (math.isfinite(high) and math.isfinite(low)):
+        raise NonFiniteError
+    stats.amax = max(stats.amax, high, -low)
+    if stats.amax > 0.0:
+        _grow(stats, pow2_above(stats.amax))
+
+
+@functools.lru_cache(maxsize=16)
+def _lane_offsets(num_bins: int, size: int) -> np.ndarray:
     """Offsets spreading consecutive elements over _LANES separate copies of the bins."""
     lanes = np.arange(_LANES, dtype=np.intp) * num_bins
-    return np.tile(lanes, _CHUNK // _LANES)
+    return np.tile(lanes, -(-size // _LANES))
 
 
 def _grow(stats: TensorHistogram, needed: float) -> None:
@@ -159,8 +223,9 @@ class HistogramCollector:
                 zeros = np.zeros(self.num_bins, dtype=np.int64)
                 self.stats[name] = TensorHistogram(0.0, zeros, 0.0)
 
-    def collect(self, name: str, array: np.ndarray) -> None:
-        """Fold one batch of tensor ``name`` into its statistics.
+    def collect(self, name: str, array: np.ndarray, sample: SpatialSample | None = None) -> None:
+        """Fold one batch of tensor ``name`` into its statistics; with ``sample``, bin only
+        those values where it applies (the max still covers every value).
 
         Raises:
             QuantpipeError: the batch holds NaN or Inf (the message names the tensor).
@@ -170,7 +235,7 @@ class HistogramCollector:
         stats = self.stats[name]
         try:
             if self.with_histogram:
-                accumulate(array, stats)
+                accumulate(array, stats, sample)
             else:
                 stats.amax = max(stats.amax, _finite(abs_max(array)))
         except NonFiniteError:

@@ -174,6 +174,13 @@ def _add_calibration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-count", type=int, default=1024, help="calib samples (default 1024)")
     p.add_argument("--percentile", type=float, default=99.99, help="of the percentile calibrator")
     p.add_argument("--exclude", type=csv_of(str), default=(), help="node names kept in float")
+    p.add_argument(
+        "--histogram-stride",
+        type=int,
+        default=2,
+        help="histograms bin every n-th row and column of image-like activations, maxima "
+        "stay exact (default 2: a quarter of the positions; 1: every value)",
+    )
 
 
 def _ptq_parsers(sub: argparse._SubParsersAction) -> None:

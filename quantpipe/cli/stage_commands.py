@@ -73,7 +73,13 @@ def cmd_btc(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from quantpipe.stages.calibrate import CalibrateConfig, CalibrateStage
 
-    cfg = CalibrateConfig(args.calibrators, args.percentile, args.calib_count, exclude=args.exclude)
+    cfg = CalibrateConfig(
+        args.calibrators,
+        args.percentile,
+        args.calib_count,
+        exclude=args.exclude,
+        histogram_stride=args.histogram_stride,
+    )
     with open_run(args, _onnx_hint(args)) as run:
         _run(run, CalibrateStage(_onnx(args, run), _data(args), cfg), args)
     return 0
@@ -90,6 +96,7 @@ def cmd_ptq(args: argparse.Namespace) -> int:
         args.calib_cache,
         args.eval_count,
         args.max_drop,
+        args.histogram_stride,
     )
     with open_run(args, _onnx_hint(args)) as run:
         stage = PtqStage(_onnx(args, run), _data(args), cfg, LabelSource(args.reference))

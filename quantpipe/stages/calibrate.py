@@ -59,6 +59,8 @@ class CalibrateConfig:
     count: int = 1024
     batch_size: int = 32
     exclude: tuple[str, ...] = ()
+    # Histograms bin every n-th row and column of spatial tensors (CollectConfig); 1: all.
+    histogram_stride: int = 2
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.calibrators if c not in CALIBRATORS]
@@ -66,6 +68,12 @@ class CalibrateConfig:
             raise QuantpipeError(f"unknown calibrator(s) {unknown}: use {', '.join(CALIBRATORS)}")
         if self.count < 1:
             raise QuantpipeError(f"--calib-count must be at least 1, got {self.count}")
+        stride = self.histogram_stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise QuantpipeError(
+                f"--histogram-stride {stride!r}: give an integer of at least 1 "
+                "(1 bins every value, 2 a quarter of the spatial positions)"
+            )
         self.configs()  # validates the percentile
 
     def configs(self) -> list[CalibratorConfig]:
@@ -147,6 +155,8 @@ def calibration_tables(
     # The tensor set is part of the key: tables made before the CPU build's widened plan
     # lack its tensors, and are recomputed rather than reused.
     provenance = {**calib.provenance(), "tensors": CALIBRATED_TENSORS}
+    if cfg.histogram_stride > 1:  # absent for every value binned, as before it existed
+        provenance["histogram_stride"] = cfg.histogram_stride
     result = CalibrationTables({})
     missing = []
     for config in cfg.configs():
@@ -180,7 +190,9 @@ def _collect(
         model,
         _feeds(calib, input_name, cfg.batch_size),
         tensors,
-        CollectConfig(threads=ctx.threads, progress=ctx.progress),
+        CollectConfig(
+            threads=ctx.threads, progress=ctx.progress, histogram_stride=cfg.histogram_stride
+        ),
     )
     return {c: dict(a) for c, a in compute_all(stats, configs).items()}
 

@@ -41,6 +41,7 @@ class PtqConfig:
     calib_cache: str | None = None
     eval_count: int | None = None
     max_drop: float | None = None  # keep the fewest layers float to stay within (ptq_accuracy)
+    histogram_stride: int = 2  # see CalibrateConfig
 
     def __post_init__(self) -> None:
         if self.calibrator != "auto" and self.calibrator not in CALIBRATORS:
@@ -56,7 +57,13 @@ class PtqConfig:
 
     def calibrate_config(self) -> CalibrateConfig:
         names = tuple(CALIBRATORS) if self.calibrator == "auto" else (self.calibrator,)
-        return CalibrateConfig(names, self.percentile, self.count, exclude=self.exclude)
+        return CalibrateConfig(
+            names,
+            self.percentile,
+            self.count,
+            exclude=self.exclude,
+            histogram_stride=self.histogram_stride,
+        )
 
     def qdq_config(self) -> QDQConfig:
         return QDQConfig(exclude=self.exclude)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from quantpipe.calibration.histogram import (
+    MIN_SPATIAL,
     NUM_BINS,
     HistogramCollector,
+    SpatialSample,
     merge_bins,
     pow2_above,
 )
@@ -123,3 +125,55 @@ def test_max_only_collector_keeps_no_histogram() -> None:
 def test_bad_bin_count_is_rejected() -> None:
     with pytest.raises(QuantpipeError, match="num_bins=1000"):
         HistogramCollector(num_bins=1000)
+
+
+def test_rotating_samples_visit_every_offset_once_per_cycle() -> None:
+    for stride in (2, 3):
+        seen = [(s.row, s.col) for s in (SpatialSample.rotating(stride, k) for k in range(9))]
+        assert sorted(seen[: stride * stride]) == [
+            (r, c) for r in range(stride) for c in range(stride)
+        ]
+    first = [SpatialSample.rotating(2, k) for k in range(2)]
+    assert (first[0].row, first[0].col) == (0, 0) and (first[1].row, first[1].col) == (1, 1)
+
+
+def test_sample_applies_only_to_image_like_tensors() -> None:
+    sample = SpatialSample(2)
+    assert sample.applies((8, 16, MIN_SPATIAL, MIN_SPATIAL))
+    assert sample.applies((2, 3, 4, 32, 32))  # 3-D convolutions: the last two axes
+    assert not sample.applies((8, 16, MIN_SPATIAL - 1, 32))  # too small to sample
+    assert not sample.applies((8, 512))  # an MLP's or a pooled tensor
+    assert not sample.applies((8, 16, 64))  # one spatial axis: binned whole
+    assert not SpatialSample(1).applies((8, 16, 32, 32))
+    assert not SpatialSample(9).applies((8, 16, MIN_SPATIAL, MIN_SPATIAL))  # fewer than stride
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 16, 12), (1, 2, 300, 400)])  # the 2nd: rows of a plane
+def test_sampled_counts_are_those_of_the_strided_view_and_the_max_is_exact(
+    shape: tuple[int, ...],
+) -> None:
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal(shape).astype(np.float32)
+    data[0, 0, 0, 1] = -40.0  # off the (1, 0) grid: only the exact max sees it
+    sample = SpatialSample(2, 1, 0)
+    collector = HistogramCollector()
+    collector.collect("t", data, sample)
+    stats = collector.stats["t"]
+    assert stats.amax == 40.0 and stats.range_max == 64.0
+    view = data[..., 1::2, 0::2]
+    assert stats.counts.sum() == view.size
+    np.testing.assert_array_equal(stats.counts, _one_shot(view, 64.0))
+
+
+def test_nan_off_the_sample_is_still_caught() -> None:
+    data = np.ones((2, 3, 16, 16), dtype=np.float32)
+    data[1, 2, 5, 5] = np.nan  # (odd, odd): not in the (0, 0) sample
+    with pytest.raises(QuantpipeError, match="NaN or Inf"):
+        HistogramCollector().collect("t", data, SpatialSample(2))
+
+
+def test_small_tensors_are_binned_whole_under_a_sample() -> None:
+    data = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
+    collector = HistogramCollector()
+    collector.collect("t", data, SpatialSample(2))
+    assert collector.stats["t"].counts.sum() == data.size

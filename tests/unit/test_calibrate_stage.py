@@ -34,3 +34,27 @@ def test_calibrate_records_its_tables_and_skips_when_up_to_date(tmp_path: Path, 
     assert main([*argv, "--calibrators", "max", *common]) == 0  # other parameters: runs again
     out = capsys.readouterr().out
     assert "calibrate: done in" in out and "max: reused cached table" in out
+
+
+def test_histogram_stride_is_part_of_the_table_key(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    _tiny_classifier(run / "model.fp32.onnx")
+    x = np.random.default_rng(3).integers(0, 256, (100, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(100) % 10)
+    argv = ["calibrate", "--data", f"npz:{tmp_path / 'd.npz'}", "--calib-count", "32"]
+    argv += ["--calibrators", "entropy", "--run-dir", str(run), "--quiet"]
+
+    def provenance() -> dict[str, object]:
+        record = json.loads((run / "manifest.json").read_text())["stages"]["calibrate"]
+        key = record["results"]["tables"]["entropy"]["key"]
+        return json.loads((run / "calib" / f"{key}.json").read_text())["provenance"]
+
+    assert main(argv) == 0
+    assert provenance()["histogram_stride"] == 2
+    assert main([*argv, "--histogram-stride", "1"]) == 0
+    assert "entropy: computed" in capsys.readouterr().out
+    assert "histogram_stride" not in provenance()  # every value binned: the key as before
+    assert main([*argv, "--histogram-stride", "0"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--histogram-stride 0" in err[0]
