@@ -7,9 +7,13 @@ torchvision resnet18 with random weights (BatchNorm statistics randomised too, s
 biases differ as trained ones do) is exported to FP32 ONNX (opset 17, dynamic batch). The same
 synthetic images (smooth random fields plus noise, ImageNet-normalised, generated per batch
 from a seed) feed: plain FP32 inference, our calibration (one collection pass, all four
-calibrators), and quantize_static (QDQ, per-channel, Entropy, its other defaults). Each phase
-runs in its own process, so its peak RSS (VmHWM) is its own; data generation time is
-subtracted from every phase. Speeds are ratios within one run. Not a pytest test.
+calibrators) as `ptq` runs it (histograms of a quarter of the spatial positions, exact
+maxima) and binning every value (`--histogram-stride 1`), and quantize_static (QDQ,
+per-channel, Entropy, its other defaults). Each phase runs in its own process, so its peak
+RSS (VmHWM) is its own; data generation time is subtracted from every phase. FP32 and our
+two calibrations take turns for `--repeats` rounds (a shared 2-core VM varies by 10-20 %
+from one minute to the next): their seconds are medians, their ratios the median of each
+round's ratio. Not a pytest test.
 
 Latency: median over interleaved rounds, ONNX Runtime CPU, of the FP32 model, our INT8 Q/DQ
 model (portable), its ONNX Runtime CPU build (what `ptq` writes as model.int8.ort.onnx; the
@@ -170,7 +174,7 @@ def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
     configs = [MaxConfig(), PercentileConfig(99.99), EntropyConfig(), MseConfig()]
     start = time.perf_counter()
     plan = plan_ort_cpu(model)
-    config = CollectConfig(threads=args["threads"])
+    config = CollectConfig(threads=args["threads"], histogram_stride=args["histogram_stride"])
     stats = collect_statistics(model, images, plan.calibration_tensors, config)
     collect_s = time.perf_counter() - start - images.data_s
     start = time.perf_counter()
@@ -178,11 +182,12 @@ def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
     compute_s = time.perf_counter() - start
     peak = _peak_rss_mib()
     start = time.perf_counter()
+    prefix = f"{args['dir']}/{args['prefix']}"
     for c in configs:
         quantized = quantizer.quantize(tables[c], c.name)
-        onnx.save(quantized.model, f"{args['dir']}/ours_{c.name}.onnx")
+        onnx.save(quantized.model, f"{prefix}_{c.name}.onnx")
         build = quantizer.for_ort_cpu(quantized)
-        onnx.save(build.model, f"{args['dir']}/ours_{c.name}.ort.onnx")
+        onnx.save(build.model, f"{prefix}_{c.name}.ort.onnx")
     return {
         "seconds": collect_s + compute_s,
         "collect_seconds": collect_s,
@@ -191,6 +196,7 @@ def phase_ours(args: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": peak,
         "calibrated_tensors": len(plan.calibration_tensors),
         "float_nodes": [f.name for f in quantizer.plan().float_nodes],
+        "amax": {c.name: dict(tables[c]) for c in configs},
     }
 
 
@@ -390,6 +396,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-ort", action="store_true", help="skip quantize_static")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of FP32 and our calibrations (medians)"
+    )
     return parser.parse_args()
 
 
@@ -402,19 +411,20 @@ def main() -> None:
         fp32 = f"{tmp}/resnet18.fp32.onnx"
         export_torchvision(Path(fp32))
         common = {"fp32": fp32, "count": count, "batch": a.batch, "threads": a.threads, "dir": tmp}
-        run_phases(report, common, quick=a.quick, with_ort=not a.skip_ort)
+        run_phases(report, common, quick=a.quick, with_ort=not a.skip_ort, repeats=a.repeats)
     add_ratios(report)
     a.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
     print(f"wrote {a.out}")
 
 
-def run_phases(report: dict[str, Any], common: dict[str, Any], quick: bool, with_ort: bool) -> None:
+def run_phases(
+    report: dict[str, Any], common: dict[str, Any], quick: bool, with_ort: bool, repeats: int
+) -> None:
     """Each phase in its own process, results into ``report``."""
     tmp = common["dir"]
     report["idle"] = run_phase(phase_idle, common)
-    report["fp32_inference"] = run_phase(phase_fp32, common)
-    report["ours"] = run_phase(phase_ours, common)
+    report.update(calibration_rounds(common, repeats))
     models = {
         "fp32": common["fp32"],
         "ours_int8": f"{tmp}/ours_entropy.ort.onnx",  # the ONNX Runtime CPU build
@@ -434,9 +444,49 @@ def run_phases(report: dict[str, Any], common: dict[str, Any], quick: bool, with
     report["conv_floor"] = run_phase(phase_conv_floor, {**common, "reps": 5 if quick else 15})
 
 
+def calibration_rounds(common: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """FP32 inference and our two calibrations in turn, ``repeats`` times: the median run of
+    each (its other figures with it) and the median of the per-round ratios."""
+    phases = {
+        "fp32_inference": (phase_fp32, {}),
+        "ours": (phase_ours, {"histogram_stride": 2, "prefix": "ours"}),
+        "ours_every_value": (phase_ours, {"histogram_stride": 1, "prefix": "ours_every_value"}),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in phases}
+    for _ in range(max(1, repeats)):
+        for name, (fn, extra) in phases.items():
+            runs[name].append(run_phase(fn, {**common, **extra}))
+    out: dict[str, Any] = {}
+    for name, rows in runs.items():
+        ranked = sorted(rows, key=lambda r: r["seconds"])
+        out[name] = {**ranked[len(ranked) // 2], "runs_seconds": [r["seconds"] for r in rows]}
+    fp32 = out["fp32_inference"]["runs_seconds"]
+    for name in ("ours", "ours_every_value"):
+        per_round = [a / b for a, b in zip(out[name]["runs_seconds"], fp32, strict=True)]
+        out[name]["vs_fp32_per_round"] = per_round
+        out[name]["vs_fp32_median"] = sorted(per_round)[len(per_round) // 2]
+    out["ours"]["amax_vs_every_value"] = amax_ratios(out["ours"], out["ours_every_value"])
+    for name in ("ours", "ours_every_value"):
+        out[name].pop("amax")
+    return out
+
+
+def amax_ratios(sampled: dict[str, Any], exact: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per calibrator, how far the sampled histograms moved each tensor's range from the
+    one binning every value: min, median and max of amax(sampled) / amax(every value)."""
+    out = {}
+    for name, table in sampled["amax"].items():
+        ratios = sorted(table[t] / exact["amax"][name][t] for t in table)
+        out[name] = {"min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1]}
+    return out
+
+
 def add_ratios(report: dict[str, Any]) -> None:
     fp32_s = report["fp32_inference"]["seconds"]
-    ratios = {"ours_calibration_vs_fp32": report["ours"]["seconds"] / fp32_s}
+    ratios = {
+        "ours_calibration_vs_fp32": report["ours"]["vs_fp32_median"],
+        "ours_every_value_calibration_vs_fp32": report["ours_every_value"]["vs_fp32_median"],
+    }
     if "ort_quantize_static" in report:
         ratios["ort_calibration_vs_fp32"] = report["ort_quantize_static"]["seconds"] / fp32_s
     for batch, row in report["latency_ms"].items():
@@ -458,11 +508,12 @@ def print_table(report: dict[str, Any]) -> None:
     for key, label in (
         ("fp32_inference", "FP32 inference"),
         ("ours", "ours: 1 pass + 4 calibrators"),
+        ("ours_every_value", "ours, every value binned"),
         ("ort_quantize_static", "ORT quantize_static Entropy"),
     ):
         if key in report:
             r = report[key]
-            ratio = r["seconds"] / fp32["seconds"]
+            ratio = r.get("vs_fp32_median", r["seconds"] / fp32["seconds"])
             print(f"{label:32s} {r['seconds']:9.2f} {ratio:7.2f} {r['peak_rss_mib']:13.0f}")
     print(f"\n{'latency ms (median)':32s} {'batch 1':>9s} {'batch 32':>9s}")
     lat = report["latency_ms"]
