@@ -11,13 +11,19 @@ from quantpipe.cli import main
 from tests.unit.test_lazy_cli import _tiny_classifier
 
 
-def test_calibrate_records_its_tables_and_skips_when_up_to_date(tmp_path: Path, capsys) -> None:
+def _run_with_data(tmp_path: Path, images: int) -> tuple[Path, str]:
+    """A run holding a tiny FP32 classifier, and a --data spec of ``images`` 8x8 images."""
     run = tmp_path / "run"
     run.mkdir()
     _tiny_classifier(run / "model.fp32.onnx")
-    x = np.random.default_rng(2).integers(0, 256, (200, 8, 8), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", x=x, y=np.arange(200) % 10)
-    argv = ["calibrate", "--data", f"npz:{tmp_path / 'd.npz'}", "--calib-count", "64"]
+    x = np.random.default_rng(2).integers(0, 256, (images, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(images) % 10)
+    return run, f"npz:{tmp_path / 'd.npz'}"
+
+
+def test_calibrate_records_its_tables_and_skips_when_up_to_date(tmp_path: Path, capsys) -> None:
+    run, data = _run_with_data(tmp_path, 200)
+    argv = ["calibrate", "--data", data, "--calib-count", "64"]
     common = ["--run-dir", str(run), "--quiet"]
     assert main([*argv, "--calibrators", "max,entropy", *common]) == 0
     record = json.loads((run / "manifest.json").read_text())["stages"]["calibrate"]
@@ -37,12 +43,8 @@ def test_calibrate_records_its_tables_and_skips_when_up_to_date(tmp_path: Path, 
 
 
 def test_histogram_stride_is_part_of_the_table_key(tmp_path: Path, capsys) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    _tiny_classifier(run / "model.fp32.onnx")
-    x = np.random.default_rng(3).integers(0, 256, (100, 8, 8), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", x=x, y=np.arange(100) % 10)
-    argv = ["calibrate", "--data", f"npz:{tmp_path / 'd.npz'}", "--calib-count", "32"]
+    run, data = _run_with_data(tmp_path, 100)
+    argv = ["calibrate", "--data", data, "--calib-count", "32"]
     argv += ["--calibrators", "entropy", "--run-dir", str(run), "--quiet"]
 
     def provenance() -> dict[str, object]:
