@@ -64,12 +64,16 @@ class CollectConfig:
                 raise QuantpipeError(
                     f"{name}={value!r}: allowed values are integers >= 0 (0 = automatic)"
                 )
-        stride = self.histogram_stride
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise QuantpipeError(
-                f"histogram stride {stride!r}: allowed values are integers >= 1 "
-                "(1 bins every value)"
-            )
+        check_histogram_stride(self.histogram_stride, "histogram stride")
+
+
+def check_histogram_stride(stride: object, label: str) -> None:
+    """Raise QuantpipeError, naming the setting as ``label``, unless ``stride`` is an int >= 1."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise QuantpipeError(
+            f"{label} {stride!r}: give an integer of at least 1 "
+            "(1 bins every value, 2 a quarter of the spatial positions)"
+        )
 
 
 def collect_statistics(
@@ -114,23 +118,21 @@ def collect_statistics(
     # (2 cores, tests/bench/bench_ptq.py's phases, every value binned).
     runners = [BoundRunner(session, outputs) for _ in range(2)]
     batches = slices = 0
-    pending: Future[list[np.ndarray]] | None = None
-    sample = SpatialSample(config.histogram_stride)  # that of the pending slice
+    # The slice being computed, and the sample its histograms take.
+    pending: tuple[Future[list[np.ndarray]], SpatialSample] | None = None
     workers = config.threads or os.cpu_count() or 1
     with ThreadPoolExecutor(1) as inference, ThreadPoolExecutor(workers) as pool:
         for feed in _progress(feeds, config.progress):
             check_feed(feed, specs)
             for part in split_batch(feed, specs, config.max_batch):
-                runner = runners[slices % 2]
-                future = inference.submit(_activations, runner, part, graph_inputs)
+                future = inference.submit(_activations, runners[slices % 2], part, graph_inputs)
                 if pending is not None:
-                    _fold(pool, collector, names, pending.result(), sample)
-                pending = future
-                sample = SpatialSample.rotating(config.histogram_stride, slices)
+                    _fold(pool, collector, names, pending[0].result(), pending[1])
+                pending = future, SpatialSample.rotating(config.histogram_stride, slices)
                 slices += 1
             batches += 1
         if pending is not None:
-            _fold(pool, collector, names, pending.result(), sample)
+            _fold(pool, collector, names, pending[0].result(), pending[1])
     if batches == 0:
         raise QuantpipeError("calibration data is empty: no batch was given")
     return collector

@@ -168,7 +168,7 @@ def accumulate(
         num_bins = len(stats.counts)
         b *= np.float32(num_bins / stats.range_max)
         np.copyto(i, b, casting="unsafe")  # truncation == floor, as b >= 0
-        i += _lane_offsets(num_bins, size)[: chunk.size]
+        i += _lane_offsets(num_bins, max(size, _CHUNK))[: chunk.size]
         lanes = np.bincount(i, minlength=_LANES * num_bins)
         stats.counts += lanes.reshape(_LANES, num_bins).sum(axis=0)
 
@@ -183,9 +183,10 @@ def _include_bounds(array: np.ndarray, stats: TensorHistogram) -> None:
         _grow(stats, pow2_above(stats.amax))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache
 def _lane_offsets(num_bins: int, size: int) -> np.ndarray:
-    """Offsets spreading consecutive elements over _LANES separate copies of the bins."""
+    """Offsets spreading consecutive elements over _LANES separate copies of the bins; asked
+    for _CHUNK values except for a sampled row longer than that (hence one entry, in practice)."""
     lanes = np.arange(_LANES, dtype=np.intp) * num_bins
     return np.tile(lanes, -(-size // _LANES))
 

@@ -34,6 +34,7 @@ from quantpipe.calibration import (
     table_paths,
     write_table,
 )
+from quantpipe.calibration.collect import check_histogram_stride
 from quantpipe.data.selection import DataInfo, Selection, select
 from quantpipe.errors import DataError, QuantpipeError
 from quantpipe.export.metadata import require_contract
@@ -68,12 +69,7 @@ class CalibrateConfig:
             raise QuantpipeError(f"unknown calibrator(s) {unknown}: use {', '.join(CALIBRATORS)}")
         if self.count < 1:
             raise QuantpipeError(f"--calib-count must be at least 1, got {self.count}")
-        stride = self.histogram_stride
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise QuantpipeError(
-                f"--histogram-stride {stride!r}: give an integer of at least 1 "
-                "(1 bins every value, 2 a quarter of the spatial positions)"
-            )
+        check_histogram_stride(self.histogram_stride, "--histogram-stride")
         self.configs()  # validates the percentile
 
     def configs(self) -> list[CalibratorConfig]:

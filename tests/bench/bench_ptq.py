@@ -458,13 +458,13 @@ def calibration_rounds(common: dict[str, Any], repeats: int) -> dict[str, Any]:
             runs[name].append(run_phase(fn, {**common, **extra}))
     out: dict[str, Any] = {}
     for name, rows in runs.items():
-        ranked = sorted(rows, key=lambda r: r["seconds"])
-        out[name] = {**ranked[len(ranked) // 2], "runs_seconds": [r["seconds"] for r in rows]}
+        middle = _middle(rows, key=lambda r: r["seconds"])
+        out[name] = {**middle, "runs_seconds": [r["seconds"] for r in rows]}
     fp32 = out["fp32_inference"]["runs_seconds"]
     for name in ("ours", "ours_every_value"):
         per_round = [a / b for a, b in zip(out[name]["runs_seconds"], fp32, strict=True)]
         out[name]["vs_fp32_per_round"] = per_round
-        out[name]["vs_fp32_median"] = sorted(per_round)[len(per_round) // 2]
+        out[name]["vs_fp32_median"] = _middle(per_round)
     out["ours"]["amax_vs_every_value"] = amax_ratios(out["ours"], out["ours_every_value"])
     for name in ("ours", "ours_every_value"):
         out[name].pop("amax")
@@ -476,9 +476,15 @@ def amax_ratios(sampled: dict[str, Any], exact: dict[str, Any]) -> dict[str, dic
     one binning every value: min, median and max of amax(sampled) / amax(every value)."""
     out = {}
     for name, table in sampled["amax"].items():
-        ratios = sorted(table[t] / exact["amax"][name][t] for t in table)
-        out[name] = {"min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1]}
+        ratios = [table[t] / exact["amax"][name][t] for t in table]
+        out[name] = {"min": min(ratios), "median": _middle(ratios), "max": max(ratios)}
     return out
+
+
+def _middle(values: list[Any], key: Any = None) -> Any:
+    """The median element itself (the upper one of an even count), not an average: a run
+    whose other figures come with it."""
+    return sorted(values, key=key)[len(values) // 2]
 
 
 def add_ratios(report: dict[str, Any]) -> None:
